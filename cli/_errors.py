@@ -1,0 +1,45 @@
+"""Turn user errors into one clean line and a non-zero exit code, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError)
+err_console = Console(stderr=True)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or exc.__class__.__name__
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Decorator for CLI commands: user errors print `error: <sentence>` and exit with code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            err_console.print(f"[bold red]error:[/] {_message(exc)}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; what was committed is kept, rerun the same command to finish")
+            raise typer.Exit(code=130) from None
+        except OSError as exc:  # disk full, permissions: still one line
+            err_console.print(f"[bold red]error:[/] {exc.strerror or exc} ({exc.filename or ''})", soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one error line and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    sys.exit(code)

@@ -1,0 +1,27 @@
+"""The `scalars` command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import typer
+
+from ._errors import user_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Derived scalars over checkpoint archives.")
+
+
+@app.callback()
+def main() -> None:
+    """Train small transformers, archive every checkpoint, compute derived scalars over them."""
+
+
+@app.command()
+@user_errors
+def demo(out: str = typer.Option("demo-run", "--out", help="run directory to write")) -> None:
+    """Build a small model, run one forward, print its activation tree."""
+    from ._demo import run_demo
+
+    run_demo(out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""scalars package."""

@@ -1,0 +1,1 @@
+"""Training: the model, the synthetic tasks, checkpoint schedules and the training loop."""

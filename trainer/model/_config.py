@@ -1,0 +1,113 @@
+"""The model configuration: one frozen dataclass that fully describes an architecture.
+
+It round-trips through JSON (`to_dict` / `from_dict`) and validates itself on construction,
+so a bad size or option fails with one sentence before any weight is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+Activation = Literal["gelu_new", "gelu", "relu", "swiglu"]
+Positional = Literal["learned", "rope", "none"]
+Head = Literal["lm", "classifier"]
+
+ACTIVATIONS = ("gelu_new", "gelu", "relu", "swiglu")
+POSITIONALS = ("learned", "rope", "none")
+HEADS = ("lm", "classifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only transformer with a token-LM or a sequence-classifier head.
+
+    The defaults give a GPT-2 block (pre-LN, learned positions, gelu_new, biases everywhere).
+    `head="classifier"` reads exemplar vectors of size `d_in` and labels in `0..n_labels-1`.
+    """
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int | None = None  # default 4 * d_model
+    n_ctx: int = 128  # maximum sequence length (learned positions)
+    head: Head = "lm"
+    vocab_size: int = 64  # lm head
+    d_in: int = 0  # classifier head: exemplar vector size
+    n_labels: int = 0  # classifier head: number of labels
+    attn_only: bool = False
+    layernorm: bool = True
+    ln_eps: float = 1e-5
+    activation: Activation = "gelu_new"
+    positional: Positional = "learned"
+    rope_base: float = 10000.0
+    qkv_bias: bool = True
+    out_bias: bool = True
+    mlp_bias: bool = True
+    tied_unembed: bool = False
+    unembed_bias: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "n_ctx"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.d_mlp is not None and (not isinstance(self.d_mlp, int) or self.d_mlp <= 0):
+            raise ValueError(f"model.d_mlp must be a positive integer or null, got {self.d_mlp!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads}); "
+                "change one of them"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown model.activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"unknown model.positional {self.positional!r}; choose one of {', '.join(POSITIONALS)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown model.head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.positional == "rope" and self.d_head % 2:
+            raise ValueError(f"rotary positions need an even head size, got d_head={self.d_head}")
+        if self.head == "lm" and self.vocab_size <= 0:
+            raise ValueError(f"model.vocab_size must be positive for a language model, got {self.vocab_size}")
+        if self.head == "classifier":
+            if self.d_in <= 0 or self.n_labels <= 1:
+                raise ValueError(
+                    f"a classifier needs model.d_in > 0 and model.n_labels > 1, got d_in={self.d_in}, "
+                    f"n_labels={self.n_labels}"
+                )
+            if self.tied_unembed:
+                raise ValueError("a classifier cannot tie its unembedding to a token embedding; set tied_unembed=false")
+        if self.ln_eps <= 0:
+            raise ValueError(f"model.ln_eps must be positive, got {self.ln_eps}")
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def mlp_width(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    @property
+    def n_outputs(self) -> int:
+        return self.vocab_size if self.head == "lm" else self.n_labels
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {', '.join(unknown)}; known keys are {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
