@@ -1,0 +1,40 @@
+"""Storage of runs: checkpoint archive, resume state, metrics and the scalar store (zarr + xarray).
+
+Knows nothing of models: it stores dicts of named numpy arrays and labeled xarray Datasets.
+"""
+
+from . import dims as dims
+from ._schema import VariableSpec as VariableSpec
+from .checkpoints import ArchiveReader as ArchiveReader
+from .checkpoints import ArchiveWriter as ArchiveWriter
+from .checkpoints import open_archive as open_archive
+from .errors import StoreError as StoreError
+from .metrics import MetricsWriter as MetricsWriter
+from .metrics import open_metrics as open_metrics
+from .resume import prune_resume_states as prune_resume_states
+from .resume import read_resume_state as read_resume_state
+from .resume import resume_steps as resume_steps
+from .resume import write_resume_state as write_resume_state
+from .run import SCHEMA_VERSION as SCHEMA_VERSION
+from .run import is_run_dir as is_run_dir
+from .run import read_run_json as read_run_json
+from .run import run_lock as run_lock
+from .run import write_run_json as write_run_json
+from .scalars_store import clear_cells as clear_cells
+from .scalars_store import computed_mask as computed_mask
+from .scalars_store import ensure_variables as ensure_variables
+from .scalars_store import missing_steps as missing_steps
+from .scalars_store import open_scalars as open_scalars
+from .scalars_store import stored_steps as stored_steps
+from .scalars_store import write_cells as write_cells
+from .verify import verify_archive as verify_archive
+from .verify import verify_scalars as verify_scalars
+
+__all__ = [
+    "dims", "StoreError", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
+    "ArchiveWriter", "ArchiveReader", "open_archive", "verify_archive",
+    "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
+    "MetricsWriter", "open_metrics",
+    "VariableSpec", "ensure_variables", "write_cells", "clear_cells", "computed_mask", "missing_steps",
+    "stored_steps", "open_scalars", "verify_scalars",
+]

@@ -1,0 +1,337 @@
+"""Checkpoint archive ``RUN_DIR/checkpoints.zarr``: one array per leaf, one chunk per checkpoint.
+
+Layout: ``leaves/<key>`` (capacity, *leaf_shape) uncompressed, chunk (1, *leaf_shape);
+``checksum`` (capacity, n_leaves) uint32 crc32 per leaf in sorted-name order; ``step``
+(capacity,) int64, fill -1, chunk 1: the commit record, written last. Committed checkpoints are
+the prefix of ``step`` entries != -1; a crash before the ``step`` write leaves the slot free.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import _zarr_io as zio
+from ._names import check_name, safe_key
+from .errors import StoreError
+
+__all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "leaf_crc32"]
+
+ARCHIVE = "checkpoints.zarr"
+LeafSpecs = dict[str, tuple[tuple[int, ...], str]]
+_INITIAL_CAPACITY = 16
+
+
+def leaf_crc32(value: np.ndarray) -> int:
+    """crc32 of an array's C-order bytes."""
+    return zlib.crc32(np.ascontiguousarray(value).reshape(-1).view(np.uint8)) & 0xFFFFFFFF
+
+
+def _norm_specs(specs: Mapping[str, tuple[Sequence[int], Any]]) -> LeafSpecs:
+    out: LeafSpecs = {}
+    for name in sorted(specs):
+        shape, dtype = specs[name]
+        out[check_name(name, "leaf")] = (tuple(int(s) for s in shape), np.dtype(dtype).name)
+    if not out:
+        raise StoreError("a checkpoint needs at least one leaf array; got none")
+    return out
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _committed_prefix(steps: np.ndarray) -> int:
+    free = np.flatnonzero(steps == -1)
+    return int(free[0]) if free.size else int(steps.size)
+
+
+def _nearest(steps: np.ndarray, step: int) -> str:
+    if steps.size == 0:
+        return "the archive has no committed checkpoints"
+    i = int(np.searchsorted(steps, step))
+    near = steps[max(0, i - 1):i + 1].tolist()
+    return "nearest committed steps: " + ", ".join(str(s) for s in near)
+
+
+class _Archive:
+    """Shared open-and-describe logic of the writer and the reader."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = os.fspath(run_dir)
+        self.root = os.path.join(self.run_dir, ARCHIVE)
+
+    def _load_layout(self, mode: str) -> None:
+        self._group = zio.open_group(self.root, mode)
+        info = zio.attrs(self._group)
+        if info.get("kind") != "checkpoint_archive":
+            raise StoreError(f"'{self.root}' is not a checkpoint archive; pass a run directory written "
+                             "by `scalars train` or `scalars import`")
+        self._specs: LeafSpecs = {n: (tuple(s), d) for n, s, d, _ in info["leaves"]}
+        self._keys = {n: k for n, _, _, k in info["leaves"]}
+        self._open_arrays()
+
+    def _open_arrays(self) -> None:
+        arrays = zio.list_arrays(self._group, "leaves")
+        missing = [n for n, k in self._keys.items() if k not in arrays]
+        if missing:
+            raise StoreError(f"'{self.root}' lacks the array of leaf '{missing[0]}'; run `scalars "
+                             "verify` and restore the archive")
+        self._leaves = {n: arrays[k] for n, k in self._keys.items()}
+        self._step_arr = zio.get_array(self._group, "step")
+        self._sum_arr = zio.get_array(self._group, "checksum")
+        if self._step_arr is None or self._sum_arr is None:
+            raise StoreError(f"'{self.root}' lacks its step or checksum array; run `scalars verify`")
+
+    @property
+    def leaf_names(self) -> list[str]:
+        """Leaf names, sorted."""
+        return list(self._specs)
+
+    @property
+    def leaf_specs(self) -> LeafSpecs:
+        """``{name: (shape, dtype name)}`` of every leaf."""
+        return dict(self._specs)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Committed steps, strictly increasing (int64)."""
+        return self._steps.copy()
+
+    @property
+    def n_committed(self) -> int:
+        """Number of committed checkpoints."""
+        return int(self._steps.size)
+
+    def _read_steps(self) -> np.ndarray:
+        (raw,) = zio.read_many([(self._step_arr, slice(None))])
+        raw = np.asarray(raw, dtype=np.int64)
+        self._raw_steps = raw
+        return raw[: _committed_prefix(raw)]
+
+
+class ArchiveWriter(_Archive):
+    """Appends checkpoints to ``RUN_DIR/checkpoints.zarr`` (created on first use); one writer at a time."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], leaf_specs: Mapping[str, tuple[Sequence[int], Any]]
+                 | None = None, *, capacity: int = _INITIAL_CAPACITY) -> None:
+        super().__init__(run_dir)
+        self._capacity_hint = max(1, int(capacity))
+        self._steps = np.zeros(0, np.int64)
+        specs = None if leaf_specs is None else _norm_specs(leaf_specs)
+        if zio.group_exists(self.root) and "kind" in zio.attrs(zio.open_group(self.root, "r")):
+            self._load_layout("r+")
+            if specs is not None and specs != self._specs:
+                raise StoreError(self._spec_mismatch(specs))
+            self._steps = self._read_steps()
+            self._uncommit_stale()
+        elif specs is not None:  # (re)create; a creation cut short left no "kind" attr
+            self._create(specs)
+
+    def _spec_mismatch(self, specs: LeafSpecs) -> str:
+        extra = sorted(set(specs) - set(self._specs))
+        missing = sorted(set(self._specs) - set(specs))
+        if extra or missing:
+            return (f"'{self.root}' stores leaves that differ from the given ones (unknown: {extra}, "
+                    f"missing: {missing}); write this model to a new run directory")
+        name = next(n for n in specs if specs[n] != self._specs[n])
+        return (f"leaf '{name}' is stored with shape {_fmt(self._specs[name][0])} {self._specs[name][1]}, "
+                f"got {_fmt(specs[name][0])} {specs[name][1]}; write this model to a new run directory")
+
+    def _create(self, specs: LeafSpecs) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        cap = self._capacity_hint
+        group = zio.open_group(self.root, "a")
+        keys = {n: safe_key(n) for n in specs}
+        leaves = group.require_group("leaves")
+        for name, (shape, dtype) in specs.items():
+            zio.create_array(leaves, keys[name], shape=(cap, *shape), chunks=(1, *(max(1, s) for s in shape)),
+                             dtype=dtype, fill_value=0, attributes={"leaf_name": name}, compress=False,
+                             overwrite=True)
+        zio.create_array(group, "checksum", shape=(cap, len(specs)), chunks=(1, len(specs)), dtype="uint32",
+                         fill_value=0, attributes={"algorithm": "crc32", "leaf_order": list(specs)},
+                         compress=False, overwrite=True)
+        zio.create_array(group, "step", shape=(cap,), chunks=(1,), dtype="int64", fill_value=-1,
+                         compress=False, overwrite=True)
+        # the layout attrs are written last: an archive without them is not an archive yet
+        group.attrs.update({"kind": "checkpoint_archive",
+                            "leaves": [[n, list(s), d, keys[n]] for n, (s, d) in specs.items()]})
+        self._load_layout("r+")
+
+    @property
+    def capacity(self) -> int:
+        """Allocated checkpoint slots (grows geometrically)."""
+        return int(self._step_arr.shape[0])
+
+    def _uncommit_stale(self) -> None:
+        n = self._steps.size
+        stale = np.flatnonzero(self._raw_steps[n:] != -1) + n
+        for i in stale[::-1]:
+            self._step_arr[int(i)] = -1
+
+    def _grow(self, need: int) -> None:
+        cap = max(2 * self.capacity, need)
+        for arr in self._leaves.values():
+            zio.resize(arr, (cap, *arr.shape[1:]))
+        zio.resize(self._sum_arr, (cap, self._sum_arr.shape[1]))
+        zio.resize(self._step_arr, (cap,))  # the commit record grows last
+
+    def _validate(self, step: int, leaves: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if self._steps.size and step <= self._steps[-1]:
+            raise StoreError(f"checkpoint step {step} is not after the last committed step {self._steps[-1]} "
+                             f"in '{self.root}'; steps must be strictly increasing (truncate_after to rewrite)")
+        extra = sorted(set(leaves) - set(self._specs))
+        missing = sorted(set(self._specs) - set(leaves))
+        if extra or missing:
+            raise StoreError(f"checkpoint at step {step} has leaves that differ from the archive's "
+                             f"(unknown: {extra}, missing: {missing}); pass exactly the archived leaves")
+        out = {}
+        for name, (shape, dtype) in self._specs.items():
+            value = np.asarray(leaves[name])
+            if value.shape != shape:
+                raise StoreError(f"leaf '{name}' at step {step} has shape {_fmt(value.shape)}, the archive "
+                                 f"stores {_fmt(shape)}; pass arrays of the archived model")
+            if value.dtype != np.dtype(dtype):
+                raise StoreError(f"leaf '{name}' at step {step} has dtype {value.dtype}, the archive stores "
+                                 f"{dtype}; cast it before writing")
+            out[name] = value
+        return out
+
+    def write_checkpoint(self, step: int, leaves: Mapping[str, Any]) -> None:
+        """Write all leaves at the next free slot, then their checksums, then commit ``step``."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise StoreError(f"checkpoint step {step!r} must be a non-negative integer")
+        step = int(step)
+        if not hasattr(self, "_group"):
+            self._create(_norm_specs({n: (np.shape(v), np.asarray(v).dtype) for n, v in leaves.items()}))
+        values = self._validate(step, leaves)
+        slot = int(self._steps.size)
+        if slot >= self.capacity:
+            self._grow(slot + 1)
+        zio.write_many([(self._leaves[n], slot, v) for n, v in values.items()])
+        crcs = np.array([leaf_crc32(values[n]) for n in self._specs], dtype=np.uint32)
+        self._sum_arr[slot] = crcs
+        self._commit(slot, step)
+        self._steps = np.append(self._steps, np.int64(step))
+
+    def _commit(self, slot: int, step: int) -> None:
+        self._step_arr[slot] = step
+
+    def truncate_after(self, step: int) -> int:
+        """Uncommit every checkpoint with step > ``step`` (last first); returns how many were dropped."""
+        keep = int(np.searchsorted(self._steps, int(step), side="right"))
+        dropped = int(self._steps.size) - keep
+        for slot in range(int(self._steps.size) - 1, keep - 1, -1):
+            self._step_arr[slot] = -1
+        self._steps = self._steps[:keep].copy()
+        return dropped
+
+    def close(self) -> None:
+        """Nothing is buffered; kept for symmetry with other writers."""
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ArchiveReader(_Archive):
+    """Read committed checkpoints; opened arrays are cached, ``refresh()`` sees newer commits."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        super().__init__(run_dir)
+        if not zio.group_exists(self.root):
+            raise FileNotFoundError(f"'{self.run_dir}' has no checkpoint archive ({ARCHIVE}); pass a run "
+                                    "directory written by `scalars train` or `scalars import`")
+        self._load_layout("r")
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the commit record (and reopen arrays if they have grown)."""
+        fresh = zio.get_array(self._group, "step")
+        if fresh is not None:
+            self._step_arr = fresh
+        self._steps = self._read_steps()
+        self._slots = {int(s): i for i, s in enumerate(self._steps)}
+        if any(a.shape[0] < self._steps.size for a in self._leaves.values()):
+            self._open_arrays()
+
+    def _slot(self, step: int) -> int:
+        step = int(step)
+        if step not in self._slots:
+            self.refresh()
+        if step not in self._slots:
+            raise KeyError(f"step {step} is not a committed checkpoint in '{self.root}'; "
+                           f"{_nearest(self._steps, step)}")
+        return self._slots[step]
+
+    def _read(self, items: list[tuple[Any, Any]], steps: Sequence[int]) -> list[np.ndarray]:
+        try:
+            return zio.read_many(items, missing_ok=False)
+        except Exception as e:
+            what = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}..{steps[-1]}"
+            detail = f"chunk file {e.filename} is missing" if isinstance(e, FileNotFoundError) else str(e)
+            raise StoreError(f"checkpoint at {what} in '{self.root}' is damaged ({detail}); run `scalars verify "
+                             f"{self.run_dir}`") from None
+
+    def load(self, step: int) -> dict[str, np.ndarray]:
+        """All leaves of the checkpoint at ``step``."""
+        slot = self._slot(step)
+        names = list(self._leaves)
+        values = self._read([(self._leaves[n], slot) for n in names], [int(step)])
+        return dict(zip(names, values))
+
+    def load_block(self, steps: Sequence[int]) -> dict[str, np.ndarray]:
+        """Leaves of several checkpoints stacked on a leading axis (contiguous slots read as one slice)."""
+        slots = [self._slot(s) for s in steps]
+        runs: list[tuple[int, int]] = []
+        for s in slots:
+            if runs and s == runs[-1][1]:
+                runs[-1] = (runs[-1][0], s + 1)
+            else:
+                runs.append((s, s + 1))
+        names = list(self._leaves)
+        if not runs:
+            return {n: np.zeros((0, *self._specs[n][0]), self._specs[n][1]) for n in names}
+        values = self._read([(self._leaves[n], slice(a, b)) for n in names for a, b in runs], [int(s) for s in steps])
+        k = len(runs)
+        return {n: values[i * k] if k == 1 else np.concatenate(values[i * k:(i + 1) * k])
+                for i, n in enumerate(names)}
+
+    def stored_checksums(self, step: int) -> np.ndarray:
+        """Stored crc32 per leaf (in ``leaf_names`` order) of the checkpoint at ``step``."""
+        return np.asarray(self._sum_arr[self._slot(step)], dtype=np.uint32)
+
+    def verify_checksum(self, step: int) -> bool:
+        """True if every leaf of ``step`` reads back and matches its stored crc32."""
+        slot = self._slot(step)
+        try:
+            values = self.load(step)
+            stored = np.asarray(self._sum_arr[slot], dtype=np.uint32)
+        except Exception:  # a corrupted chunk fails to decode: that is a failed check
+            return False
+        return all(int(stored[i]) == leaf_crc32(values[n]) for i, n in enumerate(self._specs))
+
+    def to_xarray(self, *, steps_per_chunk: int = 16) -> xr.Dataset:
+        """Lazy (dask) Dataset: one variable per leaf, dims ``(step, <leaf>_dim0, ...)``, committed only."""
+        n = int(self._steps.size)
+        token = uuid.uuid4().hex[:8]
+        data_vars = {}
+        for name, arr in self._leaves.items():
+            shape = self._specs[name][0]
+            lazy = zio.lazy_array(arr, (max(1, min(steps_per_chunk, n)), *shape), name=f"ckpt-{name}-{token}")
+            dims = ("step", *(f"{name}_dim{i}" for i in range(len(shape))))
+            data_vars[name] = (dims, lazy[:n])
+        return xr.Dataset(data_vars, coords={"step": self._steps.copy()}, attrs={"source": self.root})
+
+
+def open_archive(run_dir: str | os.PathLike[str]) -> ArchiveReader:
+    """Open ``RUN_DIR/checkpoints.zarr`` for reading committed checkpoints."""
+    return ArchiveReader(run_dir)

@@ -1,0 +1,36 @@
+"""The one vocabulary of dimension names, shared by xarray dims, type shapes and the registry.
+
+- ``step``: training step of a checkpoint (int64 coordinate; the leading dim of every scalar).
+- ``layer``: transformer block index, 0-based (the destination block for pairwise scores).
+- ``head``: attention head index within a layer, 0-based.
+- ``src_layer`` / ``src_head``: block / head whose output is the *source* in a pairwise score
+  (composition, reconstituted attention); ``layer``/``head`` are then the receiving head.
+- ``dst_layer`` / ``dst_head``: explicit receiving block / head where a type needs both named.
+- ``pos``: token position in a probe sequence, 0-based (BOS at 0).
+- ``side``: which input of an attention head a quantity is about (e.g. query or key side).
+- ``chain``: index of an independent sampling chain (e.g. repeated estimates of one scalar).
+- ``run``: one run directory when several runs are opened together.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD",
+    "POS", "SIDE", "CHAIN", "RUN", "KNOWN_DIMS",
+]
+
+STEP = "step"
+LAYER = "layer"
+HEAD = "head"
+SRC_LAYER = "src_layer"
+SRC_HEAD = "src_head"
+DST_LAYER = "dst_layer"
+DST_HEAD = "dst_head"
+POS = "pos"
+SIDE = "side"
+CHAIN = "chain"
+RUN = "run"
+
+KNOWN_DIMS: tuple[str, ...] = (
+    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, SIDE, CHAIN, RUN,
+)

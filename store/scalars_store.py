@@ -1,0 +1,346 @@
+"""Scalar store ``RUN_DIR/scalars.zarr``: an xarray Dataset with one chunk per (variable, step) cell.
+
+Writing a cell writes its value chunk, then its mask chunk, so a crash never exposes a partial
+cell; concurrent writers of one cell write equal values and need no lock. Metadata changes
+(new variables, a longer step axis) hold ``RUN_DIR/scalars.zarr.lock`` exclusively; readers take
+it shared while they read metadata. (A lock file inside the zarr folder would make zarr warn.)
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import _zarr_io as zio
+from ._files import exclusive_lock, shared_lock
+from ._runs import concat_runs, resolve_runs
+from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, coord_values, fmt_dims,
+                      mask_name)
+from .dims import STEP
+from .errors import StoreError
+
+__all__ = ["SCALARS", "VariableSpec", "ensure_variables", "write_cells", "clear_cells", "computed_mask",
+           "missing_steps", "open_scalars", "stored_steps"]
+
+SCALARS = "scalars.zarr"
+_STEP_CHUNK = 1024
+
+
+def _root(run_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(run_dir), SCALARS)
+
+
+def _lock_path(run_dir: str | os.PathLike[str]) -> str:
+    return _root(run_dir) + ".lock"
+
+
+def _open(run_dir: str | os.PathLike[str], mode: str = "r") -> Any:
+    if not zio.group_exists(_root(run_dir)):
+        raise FileNotFoundError(f"'{run_dir}' has no {SCALARS}; run `scalars compute {run_dir}` first")
+    return zio.open_group(_root(run_dir), mode)
+
+
+def _read_steps(group: Any) -> np.ndarray:
+    arr = zio.get_array(group, STEP)
+    if arr is None:
+        raise StoreError(f"'{group.store}' has no step coordinate; delete it and rerun `scalars compute`")
+    steps = np.asarray(arr[:], dtype=np.int64)
+    valid = np.flatnonzero(steps != -1)  # trailing -1: a step axis growth that did not finish
+    return steps[: int(valid[-1]) + 1] if valid.size else steps[:0]
+
+
+def _stored_coord(group: Any, dim: str) -> np.ndarray | None:
+    text = zio.attrs(group).get(STRING_COORDS_ATTR, {})
+    if dim in text:
+        return np.array(text[dim], dtype=object)
+    arr = zio.get_array(group, dim)
+    return None if arr is None else coord_values(arr[:], f"stored coord '{dim}'")
+
+
+def _variables(group: Any) -> dict[str, Any]:
+    return {k: a for k, a in zio.list_arrays(group).items()
+            if not k.startswith(MASK_PREFIX) and zio.dimension_names(a)[:1] == (STEP,) and a.ndim >= 1
+            and k != STEP}
+
+
+def _check_existing(spec: VariableSpec, arr: Any) -> None:
+    dims, sizes = zio.dimension_names(arr)[1:], tuple(arr.shape[1:])
+    if dims != spec.dims or sizes != spec.sizes:
+        got, want = (fmt_dims(dims), fmt_dims(spec.dims)) if dims != spec.dims else \
+            (fmt_dims(dims, sizes), fmt_dims(spec.dims, spec.sizes))
+        raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; use --force or "
+                         "another name")
+    stored = zio.attrs(arr)
+    for key, what in (("probe_hash", "probe hash"), ("version", "version")):
+        if key in stored and key in spec.attrs and stored[key] != spec.attrs[key]:
+            raise StoreError(f"scalar '{spec.name}' is stored with {what} {stored[key]!r}, got "
+                             f"{spec.attrs[key]!r}; use --force to recompute it or use another probe name")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype.kind == b.dtype.kind and bool(np.all(a == b))
+
+
+def _plan_coords(group: Any, specs: Sequence[VariableSpec], reset: set[str]) -> dict[str, np.ndarray]:
+    """Coords to (re)write; refuse a change to a coord still used by another stored variable."""
+    users: dict[str, list[str]] = {}
+    for name, arr in _variables(group).items():
+        if name not in reset:
+            for d in zio.dimension_names(arr)[1:]:
+                users.setdefault(d, []).append(name)
+    names = set(_variables(group)) | {s.name for s in specs}
+    wanted: dict[str, tuple[str, np.ndarray]] = {}
+    for spec in specs:
+        clash = names.intersection(spec.dims)
+        if clash:
+            raise StoreError(f"scalar '{spec.name}' has dim '{clash.pop()}', which is also a scalar's name; "
+                             "rename the dim or the scalar")
+        for d in spec.dims:
+            values = spec.coords[d]
+            if d in wanted and not _same(wanted[d][1], values):
+                raise StoreError(f"scalars '{wanted[d][0]}' and '{spec.name}' give different coords for "
+                                 f"dim '{d}'; pass the same coords for a shared dim")
+            wanted[d] = (spec.name, values)
+    out = {}
+    for d, (name, values) in wanted.items():
+        stored = _stored_coord(group, d)
+        if stored is not None and _same(stored, values):
+            continue
+        if stored is not None and users.get(d):
+            raise StoreError(f"dim '{d}' is stored with {len(stored)} coords {stored.tolist()[:8]} (used by "
+                             f"'{users[d][0]}'), scalar '{name}' gives {len(values)} {values.tolist()[:8]}; "
+                             "use --force on every scalar with that dim or another run directory")
+        out[d] = values
+    return out
+
+
+def _write_coord(group: Any, dim: str, values: np.ndarray) -> None:
+    text = zio.attrs(group).get(STRING_COORDS_ATTR, {})
+    zio.delete_node(group, dim)
+    text.pop(dim, None)
+    if values.dtype == object:
+        text[dim] = values.tolist()
+    else:
+        arr = zio.create_array(group, dim, shape=values.shape, chunks=(max(1, values.size),),
+                               dtype=values.dtype, fill_value=0, dimension_names=(dim,))
+        arr[:] = values
+    group.attrs.update({STRING_COORDS_ATTR: text})
+
+
+def _grow_steps(group: Any, stored: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    new = np.setdiff1d(steps, stored)
+    if not new.size:
+        return stored
+    if stored.size and new[0] < stored[-1]:
+        between = new[new < stored[-1]]
+        raise StoreError(f"steps {between.tolist()[:5]} fall between steps already in {SCALARS} (last "
+                         f"{int(stored[-1])}); the step axis only grows at its end, so write to a new "
+                         "run directory or add only later steps")
+    total = np.concatenate([stored, new])
+    for name, arr in zio.list_arrays(group).items():
+        if name != STEP and zio.dimension_names(arr)[:1] == (STEP,):
+            zio.resize(arr, (total.size, *arr.shape[1:]))
+    step_arr = zio.get_array(group, STEP)
+    zio.resize(step_arr, (total.size,))  # the step coord grows last
+    step_arr[stored.size:] = new
+    return total
+
+
+def _create_variable(group: Any, spec: VariableSpec, n_steps: int) -> None:
+    zio.create_array(group, spec.name, shape=(n_steps, *spec.sizes), chunks=(1, *(max(1, s) for s in spec.sizes)),
+                     dtype=spec.dtype, fill_value=np.nan, dimension_names=(STEP, *spec.dims),
+                     attributes=dict(spec.attrs), overwrite=True)
+    zio.create_array(group, mask_name(spec.name), shape=(n_steps,), chunks=(1,), dtype="uint8", fill_value=0,
+                     dimension_names=(STEP,), attributes={"mask_of": spec.name}, compress=False, overwrite=True)
+
+
+def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpec], steps: Any, *,
+                     force: bool = False) -> None:
+    """Create ``scalars.zarr``, its step axis (grown to include ``steps``) and the given variables.
+
+    Existing variables must match dims, sizes and probe hash (else StoreError); ``force`` resets
+    them (every cell uncomputed, attrs replaced). Validates everything before changing anything.
+    """
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory '{run_dir}' does not exist; pass an existing run directory")
+    steps = np.unique(as_steps(steps))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise StoreError(f"scalar names {names} repeat; pass each scalar once")
+    with exclusive_lock(_lock_path(run_dir)):
+        group = zio.open_group(_root(run_dir), "a")
+        if zio.get_array(group, STEP) is None:
+            zio.create_array(group, STEP, shape=(steps.size,), chunks=(_STEP_CHUNK,), dtype="int64",
+                             fill_value=-1, dimension_names=(STEP,))
+            zio.get_array(group, STEP)[:] = steps
+            group.attrs.update({"kind": "scalar_store"})
+        stored = _read_steps(group)
+        existing = _variables(group)
+        reset = {s.name for s in specs if force and s.name in existing}
+        for spec in specs:
+            if spec.name in existing and spec.name not in reset:
+                _check_existing(spec, existing[spec.name])
+        coords = _plan_coords(group, specs, reset)
+        total = _grow_steps(group, stored, steps)
+        for name in reset:
+            zio.delete_node(group, mask_name(name))
+            zio.delete_node(group, name)
+        for dim, values in coords.items():
+            _write_coord(group, dim, values)
+        for spec in specs:
+            if spec.name not in existing or spec.name in reset:
+                _create_variable(group, spec, total.size)
+            elif zio.get_array(group, mask_name(spec.name)) is None:  # a creation cut short
+                zio.create_array(group, mask_name(spec.name), shape=(total.size,), chunks=(1,), dtype="uint8",
+                                 fill_value=0, dimension_names=(STEP,), attributes={"mask_of": spec.name},
+                                 compress=False)
+
+
+def _handles(run_dir: str | os.PathLike[str], name: str, mode: str = "r+") -> tuple[np.ndarray, Any, Any]:
+    with shared_lock(_lock_path(run_dir)):
+        group = _open(run_dir, mode)
+        stored = _read_steps(group)
+        var, mask = zio.get_array(group, name), zio.get_array(group, mask_name(name))
+    if var is None or mask is None or name.startswith(MASK_PREFIX):
+        have = sorted(_variables(group))
+        raise KeyError(f"scalar '{name}' is not in '{_root(run_dir)}' (have: {have}); call ensure_variables "
+                       "with its spec first")
+    return stored, var, mask
+
+
+def _slots(stored: np.ndarray, steps: np.ndarray, root: str) -> np.ndarray:
+    idx = np.searchsorted(stored, steps)
+    idx_c = np.minimum(idx, max(stored.size - 1, 0))
+    bad = steps[(idx >= stored.size) | (stored[idx_c] != steps)] if stored.size else steps
+    if bad.size:
+        raise StoreError(f"steps {bad.tolist()[:5]} are not on the step axis of '{root}'; call "
+                         "ensure_variables with them first")
+    return idx
+
+
+def _runs(slots: np.ndarray) -> list[tuple[int, int, int]]:
+    """Split sorted-or-not slots into (position in input, first slot, count) runs of consecutive slots."""
+    out: list[tuple[int, int, int]] = []
+    for i, s in enumerate(slots.tolist()):
+        if out and s == out[-1][1] + out[-1][2] and i == out[-1][0] + out[-1][2]:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((i, s, 1))
+    return out
+
+
+def write_cells(run_dir: str | os.PathLike[str], name: str, steps: Sequence[int], values: Any) -> None:
+    """Write scalar ``name`` at ``steps`` (values shaped ``(len(steps), *dims)``), then mark them computed."""
+    steps_arr = as_steps(steps)
+    if np.unique(steps_arr).size != steps_arr.size:
+        raise StoreError(f"steps {steps_arr.tolist()[:8]} repeat; write each cell once per call")
+    stored, var, mask = _handles(run_dir, name)
+    values = np.asarray(values)
+    want = (steps_arr.size, *var.shape[1:])
+    if values.shape != want:
+        raise StoreError(f"values for scalar '{name}' have shape {values.shape}, expected {want} "
+                         f"(len(steps), {', '.join(zio.dimension_names(var)[1:])}); pass one cell per step")
+    values = values.astype(var.dtype, copy=False)
+    slots = _slots(stored, steps_arr, _root(run_dir))
+    runs = _runs(slots)
+    zio.write_many([(var, slice(s, s + n), values[i:i + n]) for i, s, n in runs])
+    zio.write_many([(mask, slice(s, s + n), np.ones(n, np.uint8)) for _, s, n in runs])
+
+
+def clear_cells(run_dir: str | os.PathLike[str], name: str, steps: Sequence[int]) -> None:
+    """Mark cells of ``name`` at ``steps`` uncomputed (e.g. after ``verify_scalars`` found them corrupt)."""
+    steps_arr = as_steps(steps)
+    stored, _, mask = _handles(run_dir, name)
+    slots = _slots(stored, steps_arr, _root(run_dir))
+    zio.write_many([(mask, slice(s, s + n), np.zeros(n, np.uint8)) for _, s, n in _runs(slots)])
+
+
+def stored_steps(run_dir: str | os.PathLike[str]) -> np.ndarray:
+    """The step axis of ``scalars.zarr`` (int64, ascending)."""
+    with shared_lock(_lock_path(run_dir)):
+        return _read_steps(_open(run_dir))
+
+
+def computed_mask(run_dir: str | os.PathLike[str], name: str) -> np.ndarray:
+    """Bool per stored step: True where the cell of ``name`` is computed."""
+    stored, _, mask = _handles(run_dir, name, "r")
+    (raw,) = zio.read_many([(mask, slice(0, stored.size))])
+    return raw == 1
+
+
+def missing_steps(run_dir: str | os.PathLike[str], name: str, steps: Sequence[int]) -> np.ndarray:
+    """The subset of ``steps`` (order kept) whose cell of ``name`` is not computed (or not stored)."""
+    steps_arr = as_steps(steps)
+    if not zio.group_exists(_root(run_dir)):
+        return steps_arr
+    try:
+        stored, _, mask = _handles(run_dir, name, "r")
+    except KeyError:
+        return steps_arr
+    done = stored[zio.read_many([(mask, slice(0, stored.size))])[0] == 1]
+    return steps_arr[~np.isin(steps_arr, done)]
+
+
+def _open_one(run_dir: str, *, computed_only: bool, with_masks: bool, steps_per_chunk: int) -> xr.Dataset:
+    """One run's store as a lazy Dataset, built from zarr metadata (dims, coords, attrs)."""
+    root = _root(run_dir)
+    with shared_lock(_lock_path(run_dir)):
+        group = _open(run_dir)
+        arrays = zio.list_arrays(group)
+        text = zio.attrs(group).get(STRING_COORDS_ATTR, {})
+        steps = _read_steps(group)
+    n, token = steps.size, uuid.uuid4().hex[:8]
+    coords: dict[str, Any] = {STEP: steps}
+    coords.update({d: np.array(v, dtype=object) for d, v in text.items()})
+    for name, arr in arrays.items():
+        if name != STEP and zio.dimension_names(arr) == (name,):
+            coords[name] = np.asarray(arr[:])
+    lazy: dict[str, tuple[tuple[str, ...], Any, dict[str, Any]]] = {}
+    for name, arr in sorted(arrays.items()):
+        dims = zio.dimension_names(arr)
+        if name in coords or dims[:1] != (STEP,):
+            continue
+        chunks = (max(1, min(steps_per_chunk, n)), *arr.shape[1:])
+        data = zio.lazy_array(arr, chunks, name=f"scalars-{name}-{token}")[:n]  # longer: an unfinished growth
+        lazy[name] = (dims, data, zio.attrs(arr))
+    data_vars = {}
+    for name, (dims, data, attrs) in lazy.items():
+        if name.startswith(MASK_PREFIX):
+            if with_masks:
+                data_vars[name] = xr.Variable(dims, data == 1, attrs=attrs)
+            continue
+        mask = lazy.get(mask_name(name))
+        if computed_only and mask is not None:
+            computed = (mask[1] == 1).reshape((n,) + (1,) * (data.ndim - 1))
+            data = da.where(computed, data, np.nan)
+        data_vars[name] = xr.Variable(dims, data, attrs=attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs={"source": root})
+
+
+def open_scalars(path_or_paths: Any, *, computed_only: bool = True, with_masks: bool = False,
+                 steps_per_chunk: int = 256) -> xr.Dataset:
+    """Open scalars lazily (dask); a list or glob of run dirs is concatenated along ``run``.
+
+    Uncomputed cells are NaN (``computed_only`` also hides cells whose mask is unset); masks
+    are dropped unless ``with_masks`` (bool ``computed__<name>``). Multi-run datasets carry each
+    run's config values as ``run`` coords (``seed``, ``n_layers``, ...) and pad sizes with NaN.
+    """
+    runs, multi = resolve_runs(path_or_paths, SCALARS)
+    for r in runs:
+        if not zio.group_exists(_root(r)):
+            raise FileNotFoundError(f"'{r}' has no {SCALARS}; run `scalars compute {r}` first")
+    dss = [_open_one(r, computed_only=computed_only, with_masks=with_masks, steps_per_chunk=steps_per_chunk)
+           for r in runs]
+    if not multi:
+        return dss[0]
+    out = concat_runs(dss, runs)
+    if with_masks:
+        for v in [v for v in out.data_vars if str(v).startswith(MASK_PREFIX)]:
+            out[v] = out[v].fillna(False).astype(bool)
+    return out
