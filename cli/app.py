@@ -14,6 +14,17 @@ def main() -> None:
     """Train small transformers, archive every checkpoint, compute derived scalars over them."""
 
 
+from ._train import train_command  # noqa: E402
+
+from ._compute import compute_command, types_command  # noqa: E402
+from ._verify import verify_command  # noqa: E402
+
+app.command("train")(train_command)
+app.command("compute")(compute_command)
+app.command("types")(types_command)
+app.command("verify")(verify_command)
+
+
 @app.command()
 @user_errors
 def demo(out: str = typer.Option("demo-run", "--out", help="run directory to write")) -> None:

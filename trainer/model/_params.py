@@ -63,3 +63,20 @@ def load_named_leaves(template, leaves: dict[str, np.ndarray]):
 def leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, dtype string) of every array leaf, for creating an archive."""
     return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in named_leaves(tree).items()}
+
+
+def params_from_named(param_shapes, leaves: dict[str, np.ndarray], *, stacked: int | None = None):
+    """The parameter PyTree with the structure of `param_shapes` (arrays or ShapeDtypeStructs)
+    filled from named leaves; with `stacked=n` every leaf carries a leading axis of n checkpoints."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(param_shapes)
+    out = []
+    for path, ref in flat:
+        name = _path_name(path)
+        if name not in leaves:
+            raise ValueError(f"checkpoint has no parameter {name}; check that it belongs to this architecture")
+        value = leaves[name]
+        want = tuple(ref.shape) if stacked is None else (stacked, *ref.shape)
+        if tuple(value.shape) != want:
+            raise ValueError(f"parameter {name} has shape {tuple(value.shape)}, the model expects {want}")
+        out.append(value)
+    return jax.tree_util.tree_unflatten(treedef, out)

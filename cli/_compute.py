@@ -1,0 +1,67 @@
+"""`scalars compute` and `scalars types`: thin wrappers over `scalars.compute_run` and the registry."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ._errors import user_errors
+
+console = Console()
+
+
+def _load_plugins(plugins: list[str]) -> None:
+    from scalars import load_entry_point_plugins, load_plugin
+
+    load_entry_point_plugins()
+    for path in plugins:
+        load_plugin(path)
+
+
+@user_errors
+def compute_command(
+    run_dirs: list[str] = typer.Argument(..., help="run directories (or quoted globs)"),
+    type_: list[str] = typer.Option([], "--type", "-t", help="derived-scalar type (repeatable); see `scalars types`"),
+    all_: bool = typer.Option(False, "--all", help="every registered type that applies to the run"),
+    steps: Optional[str] = typer.Option(None, "--steps", help="e.g. 0-1000, 0,500,1000, every:4, last"),
+    probe: Optional[str] = typer.Option(None, "--probe", help="probe name or .npy/.npz file (default: each type's)"),
+    force: bool = typer.Option(False, "--force", help="recompute (and reset) the requested types"),
+    plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more types (repeatable)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="checkpoints per compiled call"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Compute derived scalars for every (selected) checkpoint of each run; only missing cells."""
+    from scalars._engine import compute_runs
+
+    _load_plugins(plugin)
+    reports = compute_runs(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                           block_size=block_size, progress=not quiet, log=console.print)
+    failed = False
+    for rep in reports:
+        for w in rep.warnings:
+            console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+        for s, why in sorted(rep.failed_steps.items()):
+            console.print(f"[red]failed:[/] {rep.run_dir}: {why}", soft_wrap=True)
+            failed = True
+        console.print(f"{rep.run_dir}: {rep.cells_computed} cells computed over {rep.checkpoints_computed} "
+                      f"checkpoints in {rep.seconds:.1f}s")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@user_errors
+def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more types")) -> None:
+    """List the registered derived-scalar types: name, dims, probe, description."""
+    from scalars import list_types
+
+    _load_plugins(plugin)
+    table = Table(title="derived-scalar types")
+    for col in ("name", "dims", "probe", "needs", "description"):
+        table.add_column(col, overflow="fold")
+    for t in list_types():
+        table.add_row(t.name, ", ".join(("step",) + tuple(t.dims)), str(t.probe), t.requires or "any", t.description)
+    console.print(table)

@@ -1,0 +1,93 @@
+"""Named run configs. Each is a complete nested dict; `--set` and config files edit a copy.
+
+- induction-tiny: 2-layer attention-only LM on repeated segments; the induction-head phase
+  change happens within about two minutes on 2 CPU cores.
+- induction-gpt2: the same task with full GPT-2 blocks (LN, MLP, tied embeddings), exportable.
+- icl-bursty: bursty in-context classification (Chan et al. 2022) on synthetic clusters.
+- icl-dynamics: the reference setting of "What needs to go right for an induction head?"
+  (2 layers, 8 heads, d_model 64, attention-only, RoPE, 5 labels, sequences `A la B lb Q`).
+- transience: 12 layers, about 0.9M parameters, the transience setting (slow on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+
+_MODEL_DEFAULTS = {
+    "n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": None, "n_ctx": 64, "head": "lm", "vocab_size": 64,
+    "d_in": 0, "n_labels": 0, "attn_only": False, "layernorm": True, "ln_eps": 1e-5, "activation": "gelu_new",
+    "positional": "learned", "rope_base": 10000.0, "qkv_bias": True, "out_bias": True, "mlp_bias": True,
+    "tied_unembed": False, "unembed_bias": False, "init_std": 0.02,
+}
+_TRAIN_DEFAULTS = {
+    "steps": 1000, "batch_size": 32, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0,
+    "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "grad_clip": 1.0, "log_every": 10, "eval_every": 100,
+    "eval_size": 256,
+}
+_INDUCTION_TASK = {
+    "kind": "induction", "vocab_size": 64, "seq_len": 64, "bos_token": 0, "segment_len_min": 8,
+    "segment_len_max": 24, "n_repeats": 1, "filler": "uniform", "filler_seed": 0, "markov_concentration": 0.1,
+    "loss_on": "all",
+}
+_ICL_DATA = {
+    "source": "synthetic", "path": None, "h5_key": "resnet18/224/feat", "seed": 0, "n_classes": 256,
+    "n_exemplars": 10, "dim": 64, "noise": 0.1,
+}
+_ICL_TASK = {
+    "kind": "icl", "context_len": 8, "n_labels": 16, "label_map_seed": 0, "p_bursty": 0.9, "burstiness": 3,
+    "bursty_distractor": True, "zipf_alpha": 0.0, "class_split": [192, 0, 64], "exemplar_split": None,
+    "noise_scale": 0.0, "fewshot_relabel": False, "icl_dynamics_mode": False, "label_pairs": [],
+    "val_label_pairs": [], "data": _ICL_DATA,
+}
+
+
+def _preset(model=None, task=None, train=None, checkpoints=None, seeds=None) -> dict:
+    return {
+        "model": {**_MODEL_DEFAULTS, **(model or {})},
+        "task": copy.deepcopy(task or _INDUCTION_TASK),
+        "train": {**_TRAIN_DEFAULTS, **(train or {})},
+        "seeds": {"init_seed": 0, "train_seed": 0, "eval_seed": 0, **(seeds or {})},
+        "checkpoints": {"schedule": "every:100", **(checkpoints or {})},
+        "interventions": [],
+    }
+
+
+PRESETS: dict[str, dict] = {
+    "induction-tiny": _preset(
+        model={"attn_only": True, "n_heads": 4, "d_model": 64},
+        train={"steps": 2000, "lr": 1e-3, "warmup_steps": 50, "batch_size": 32, "eval_every": 50},
+        checkpoints={"schedule": "every:50"},
+    ),
+    "induction-gpt2": _preset(
+        model={"tied_unembed": True},
+        train={"steps": 1500, "lr": 1e-3, "warmup_steps": 50, "eval_every": 50},
+        checkpoints={"schedule": "every:100"},
+    ),
+    "icl-bursty": _preset(
+        model={"head": "classifier", "vocab_size": 0, "d_in": 64, "n_labels": 16, "n_ctx": 32, "attn_only": False,
+               "n_heads": 4},
+        task={**_ICL_TASK, "fewshot_relabel": False},
+        train={"steps": 2000, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100},
+        checkpoints={"schedule": "every:100"},
+    ),
+    "icl-dynamics": _preset(
+        model={"head": "classifier", "vocab_size": 0, "d_in": 512, "n_labels": 5, "n_ctx": 8, "attn_only": True,
+               "n_heads": 8, "positional": "rope", "qkv_bias": False, "out_bias": False},
+        task={**_ICL_TASK, "context_len": 2, "n_labels": 5, "burstiness": 1, "p_bursty": 1.0,
+              "class_split": [50, 1473, 100], "exemplar_split": [1, 4, 0], "icl_dynamics_mode": True,
+              "label_pairs": [[0, 4], [1, 2], [0, 1], [2, 4], [0, 2], [1, 3], [0, 3], [1, 4]],
+              "val_label_pairs": [[2, 3], [3, 4]],
+              "data": {**_ICL_DATA, "n_classes": 1623, "n_exemplars": 5, "dim": 512, "noise": 0.1}},
+        train={"steps": 3125, "lr": 1e-4, "grad_clip": None, "eval_every": 156},
+        seeds={"init_seed": 5, "train_seed": 0, "eval_seed": 1},
+        checkpoints={"schedule": "every:125"},
+    ),
+    "transience": _preset(
+        model={"head": "classifier", "vocab_size": 0, "n_layers": 12, "d_model": 80, "n_heads": 8, "d_in": 64,
+               "n_labels": 32, "n_ctx": 32, "positional": "rope"},
+        task={**_ICL_TASK, "n_labels": 32, "p_bursty": 0.9, "zipf_alpha": 0.0, "class_split": [1600, 0, 100],
+              "data": {**_ICL_DATA, "n_classes": 1700, "n_exemplars": 5}},
+        train={"steps": 20000, "lr": 3e-4, "warmup_steps": 500, "eval_every": 500},
+        checkpoints={"schedule": "log:60+every:1000"},
+    ),
+}

@@ -1,0 +1,24 @@
+"""Synthetic training tasks: induction LM, bursty ICL classification, mixtures; pure-JAX samplers."""
+
+from ._icl import ICLTaskConfig as ICLTaskConfig
+from ._icl import icl_dynamics_config as icl_dynamics_config
+from ._icl import sample_icl_batch as sample_icl_batch
+from ._icl_data import ICLDataConfig as ICLDataConfig
+from ._icl_data import load_exemplars as load_exemplars
+from ._icl_data import load_h5_dataset as load_h5_dataset
+from ._icl_data import synthetic_clusters as synthetic_clusters
+from ._icl_eval import make_eval_sets as make_eval_sets
+from ._icl_labels import ICL_DYNAMICS_TRAIN_PAIRS as ICL_DYNAMICS_TRAIN_PAIRS
+from ._icl_labels import ICL_DYNAMICS_VAL_PAIRS as ICL_DYNAMICS_VAL_PAIRS
+from ._icl_labels import class_label_map as class_label_map
+from ._icl_labels import relabel_pair_split as relabel_pair_split
+from ._icl_probe import icl_dynamics_probe_for as icl_dynamics_probe_for
+from ._icl_probe import icl_dynamics_probe_set as icl_dynamics_probe_set
+from ._induction import InductionTaskConfig as InductionTaskConfig
+from ._induction import markov_transition_matrix as markov_transition_matrix
+from ._induction import repeated_tokens_probe as repeated_tokens_probe
+from ._induction import sample_induction_batch as sample_induction_batch
+from ._mixture import MixtureTaskConfig as MixtureTaskConfig
+from ._mixture import sample_mixture_batch as sample_mixture_batch
+from ._sample import TaskConfig as TaskConfig
+from ._sample import sample_batch as sample_batch

@@ -1,0 +1,281 @@
+"""The training loop: jitted AdamW steps, evaluations, and a crash-safe dense checkpoint archive.
+
+Batch t is drawn with `fold_in(key(train_seed), t)`, so the data-stream position is the step;
+with the optimizer state saved beside each checkpoint, `resume` continues bit-for-bit the run
+that was not interrupted. Checkpoints are written by a background thread in step order (the
+commit record of each is written last, see `store.ArchiveWriter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import store
+
+from .config import SeedConfig, TrainConfig, validate
+from .interventions import intervention_cache, parse_interventions
+from .model import build_model, load_named_leaves, named_leaves
+from .run_info import run_info
+from .schedules import AdaptiveSaver, ScheduleSpec
+from .tasks_runtime import Task, build_task
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warmup, then a constant or cosine-decayed learning rate; optional clipping."""
+    decay_steps = max(tc.steps - tc.warmup_steps, 1)
+    if tc.lr_schedule == "cosine":
+        after = optax.cosine_decay_schedule(tc.lr, decay_steps)
+    else:
+        after = optax.constant_schedule(tc.lr)
+    if tc.warmup_steps:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, tc.warmup_steps), after], [tc.warmup_steps])
+    else:
+        lr = after
+    adam = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adam) if tc.grad_clip else adam
+
+
+def _to_host(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in jax.device_get(named_leaves(tree)).items()}
+
+
+class _Writer(threading.Thread):
+    """Background writer: metrics rows, resume state and checkpoints, strictly in submission order."""
+
+    def __init__(self, run_dir: Path, archive: store.ArchiveWriter, metrics: store.MetricsWriter):
+        super().__init__(daemon=True)
+        self.run_dir, self.archive, self.metrics = run_dir, archive, metrics
+        self.jobs: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.busy_s = 0.0
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue
+            t0 = time.perf_counter()
+            try:
+                job()
+            except BaseException as exc:  # surfaced in the training thread
+                self.error = exc
+            self.busy_s += time.perf_counter() - t0
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        self.jobs.put(job)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.join()
+        self.check()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    steps_saved: list[int]
+    final_loss: float
+    seconds: float
+    write_seconds: float
+
+
+def _make_step_fn(task: Task, static, opt, interventions, train_key, batch_size: int):
+    cfg = task.model_config
+
+    def loss_fn(params, batch, step):
+        model = eqx.combine(params, static)
+        n_pos = (batch["tokens"].shape[1]) if task.kind == "induction" else 2 * batch["labels"].shape[1] - 1
+        cache, mask = intervention_cache(interventions, cfg, n_pos, step)
+
+        def one(example):
+            out = model.call_with_all_aux(task.model_input(example), cache=cache, cache_mask=mask)["out"]
+            return task.example_loss(out, example)
+
+        return jax.vmap(one)(batch).mean()
+
+    @eqx.filter_jit
+    def step_fn(params, opt_state, step):
+        batch = task.sample(jax.random.fold_in(train_key, step), batch_size)
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, step)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step_fn
+
+
+def _make_eval_fn(task: Task, static, eval_sets: dict):
+    @eqx.filter_jit
+    def eval_fn(params):
+        model = eqx.combine(params, static)
+        out = {}
+        for name, batch in eval_sets.items():
+            def one(example, name=name):
+                return task.eval_metrics(name, model(task.model_input(example)), example)
+
+            out.update(jax.tree_util.tree_map(jnp.mean, jax.vmap(one)(batch)))
+        return out
+
+    return eval_fn
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse to train into a directory that already holds a run or other files."""
+    if store.is_run_dir(run_dir):
+        raise FileExistsError(
+            f"'{run_dir}' already holds a run; continue it with `scalars train --resume {run_dir}` or choose another --out"
+        )
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise FileExistsError(f"'{run_dir}' exists and is not an empty directory; choose another --out")
+
+
+def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train the run described by `config` into `out_dir` (or continue it with `resume=True`)."""
+    run_dir = Path(out_dir)
+    validate(config)
+    if not resume:
+        check_out_dir(run_dir)
+    task = build_task(config)
+    tc, seeds = TrainConfig(**config["train"]), SeedConfig(**config["seeds"])
+    spec = ScheduleSpec.parse(config["checkpoints"]["schedule"])
+    fixed_steps = set(spec.steps(tc.steps)) | {tc.steps}
+    saver: AdaptiveSaver | None = spec.make_saver()
+    interventions = parse_interventions(config.get("interventions", []), config)
+
+    model = build_model(task.model_config, seed=seeds.init_seed)
+    params, static = eqx.partition(model, eqx.is_array)
+    opt = make_optimizer(tc)
+    opt_state = opt.init(params)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.run_lock(run_dir, "train"):
+        start = 0
+        archive = store.ArchiveWriter(run_dir, {k: (v.shape, v.dtype.name) for k, v in _to_host(params).items()})
+        metrics = store.MetricsWriter(run_dir)
+        if resume:
+            start, params, opt_state, saver = _restore(run_dir, archive, metrics, model, opt_state, saver, log)
+        else:
+            store.write_run_json(run_dir, run_info(config, task.model_config))
+        result = _loop(
+            task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
+            run_dir, archive, metrics, progress, resume,
+        )
+    return result
+
+
+def _restore(run_dir, archive, metrics, model, opt_state, saver, log):
+    """Load the last committed checkpoint that has a resume state; drop anything written after it."""
+    available = set(store.resume_steps(run_dir))
+    committed = [int(s) for s in archive.steps if int(s) in available]
+    if not committed:
+        if len(archive.steps):
+            raise ValueError(f"'{run_dir}' has checkpoints but no optimizer state to resume from; start a new run")
+        return 0, eqx.partition(model, eqx.is_array)[0], opt_state, saver
+    reader = store.open_archive(run_dir)
+    for step in reversed(committed):
+        if reader.verify_checksum(step):
+            break
+        if log:
+            log(f"checkpoint {step} failed its checksum; trying the previous one")
+    else:
+        raise ValueError(f"no intact checkpoint with optimizer state in '{run_dir}'; run `scalars verify {run_dir}`")
+    archive.truncate_after(step)
+    metrics.truncate_after(step - 1)
+    params = eqx.partition(load_named_leaves(model, reader.load(step)), eqx.is_array)[0]
+    arrays, meta = store.read_resume_state(run_dir, step)
+    opt_state = load_named_leaves(opt_state, arrays)
+    if meta.get("saver") is not None:
+        saver = AdaptiveSaver.from_state_dict(meta["saver"])
+    if log:
+        log(f"resuming from step {step}")
+    return step, params, opt_state, saver
+
+
+def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
+          run_dir, archive, metrics, progress, resumed) -> TrainResult:
+    from .progress import TrainingProgress
+
+    train_key = jax.random.key(seeds.train_seed)
+    step_fn = _make_step_fn(task, static, opt, interventions, train_key, tc.batch_size)
+    eval_fn = _make_eval_fn(task, static, task.eval_sets(seeds.eval_seed, tc.eval_size))
+    writer = _Writer(run_dir, archive, metrics)
+    writer.start()
+    pending: list[tuple[int, jax.Array]] = []  # (step, device loss) not yet on the host
+    rows: dict[int, dict[str, float]] = {}  # metric rows not yet handed to the writer
+    saved: list[int] = []
+    last_loss = float("nan")
+    t0 = time.perf_counter()
+
+    def drain(before: int) -> None:
+        """Fetch pending losses to the host; hand every complete row (step < before) to the writer."""
+        nonlocal pending, last_loss
+        if pending:
+            values = jax.device_get([v for _, v in pending])
+            for (s, _), v in zip(pending, values):
+                rows.setdefault(s, {})["train_loss"] = float(v)
+            last_loss = float(values[-1])
+            pending = []
+        done = sorted(s for s in rows if s < before)
+        if done:
+            batch = [(s, rows.pop(s)) for s in done]
+            writer.submit(lambda batch=batch: [metrics.append(s, r) for s, r in batch])
+
+    with TrainingProgress(tc.steps, start, enabled=progress) as bar:
+        for t in range(start, tc.steps + 1):
+            save = False
+            if not (resumed and t == start):  # a resumed run's first step is already saved
+                adaptive = False
+                if saver is not None and t > 0:
+                    drain(t)
+                    adaptive = saver.update(t, last_loss)
+                save = t in fixed_steps or adaptive
+                if save and saver is not None and not adaptive:
+                    saver.mark_saved(t)
+            if save:
+                drain(t)
+                host_params, host_opt = _to_host(params), _to_host(opt_state)
+                meta = {"step": t, "saver": saver.state_dict() if saver is not None else None}
+
+                def job(t=t, host_params=host_params, host_opt=host_opt, meta=meta):
+                    metrics.flush()
+                    store.write_resume_state(run_dir, t, host_opt, meta)
+                    archive.write_checkpoint(t, host_params)
+                    store.prune_resume_states(run_dir, keep=2)
+
+                writer.submit(job)
+                saved.append(t)
+            if t % tc.eval_every == 0 or t == tc.steps:
+                values = {k: float(v) for k, v in jax.device_get(eval_fn(params)).items()}
+                rows.setdefault(t, {}).update(values)
+                bar.evals(values)
+            if t < tc.steps:
+                params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(t, jnp.int32))
+                pending.append((t, loss))
+                if (t + 1) % tc.log_every == 0:
+                    drain(t + 1)
+                    bar.update(t + 1, last_loss)
+                else:
+                    bar.advance(t + 1)
+        drain(tc.steps + 1)
+        writer.submit(metrics.flush)
+        writer.close()
+    return TrainResult(run_dir, saved, last_loss, time.perf_counter() - t0, writer.busy_s)
