@@ -35,7 +35,7 @@ def compute_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Compute derived scalars for every (selected) checkpoint of each run; only missing cells."""
-    from scalars._engine import compute_runs
+    from scalars import compute_runs
 
     _load_plugins(plugin)
     reports = compute_runs(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
@@ -60,7 +60,8 @@ def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python 
 
     _load_plugins(plugin)
     table = Table(title="derived-scalar types")
-    for col in ("name", "dims", "probe", "needs", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("dims", "probe", "needs", "description"):
         table.add_column(col, overflow="fold")
     for t in list_types():
         table.add_row(t.name, ", ".join(("step",) + tuple(t.dims)), str(t.probe), t.requires or "any", t.description)

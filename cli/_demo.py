@@ -1,43 +1,53 @@
-"""The README demo: what a new user runs first."""
+"""The README demo: train induction-tiny, compute the standard suite, print top heads, write a plot."""
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-from rich.console import Console
-from rich.tree import Tree
+from pathlib import Path
 
-from trainer.model import ModelConfig, build_model
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 
-
-def activation_tree(r, label: str = "activations") -> Tree:
-    """A rich tree of an activation dict: names and shapes."""
-    tree = Tree(label)
-
-    def add(node, value, name):
-        if isinstance(value, dict):
-            child = node.add(f"[bold]{name}[/]")
-            for k in sorted(value):
-                add(child, value[k], k)
-        elif isinstance(value, list):
-            child = node.add(f"[bold]{name}[/] (list of {len(value)})")
-            for i, v in enumerate(value):
-                add(child, v, f"[{i}]")
-        else:
-            node.add(f"{name}: {tuple(value.shape)} {value.dtype}")
-
-    for k in sorted(r):
-        add(tree, r[k], k)
-    return tree
+STANDARD_SUITE = ("induction_score", "prev_token_score", "duplicate_token_score", "ablated_loss", "loss")
 
 
 def run_demo(out: str) -> None:
-    cfg = ModelConfig(n_layers=2, d_model=64, n_heads=4, vocab_size=64, n_ctx=64)
-    model = build_model(cfg, seed=0)
-    tokens = jax.random.randint(jax.random.key(0), (33,), 1, cfg.vocab_size)
-    r = eqx.filter_jit(lambda m, t: m.call_with_all_aux(t))(model, tokens)
-    console.print(activation_tree(r, f"call_with_all_aux on {len(tokens)} tokens"))
-    console.print(f"logits {tuple(r['out'].shape)}, mean loss-free check: finite={bool(jnp.isfinite(r['out']).all())}")
+    import store
+    from scalars import compute_runs
+    from scalars.plotting import plot_type
+    from scalars.tables import top_heads
+    from trainer.config import resolve_config
+    from trainer.train import train
+
+    run = Path(out)
+    if not store.is_run_dir(run):
+        console.rule("1. train induction-tiny (2-layer attention-only LM on repeated segments)")
+        result = train(resolve_config("induction-tiny"), run)
+        console.print(f"saved {len(result.steps_saved)} checkpoints in {result.seconds:.0f}s")
+    else:
+        console.rule(f"1. {run} already holds a run: finishing it if it was interrupted")
+        train(store.read_run_json(run)["config"], run, resume=True)
+    console.rule("2. compute the standard suite over every checkpoint")
+    for rep in compute_runs([str(run)], list(STANDARD_SUITE), log=console.print):
+        console.print(f"{rep.cells_computed} cells over {rep.checkpoints_computed} checkpoints in {rep.seconds:.1f}s")
+    ds = store.open_scalars(run)
+    last = int(ds.step[-1])
+    console.rule(f"3. top induction heads at the last step ({last})")
+    table = Table()
+    for col in ("layer", "head", "induction_score", "prev_token_score", "ablated_loss - loss"):
+        table.add_column(col, justify="right")
+    base = float(ds["loss"].sel(step=last))
+    for layer, head, value in top_heads(ds, "induction_score", last, k=5):
+        prev = float(ds["prev_token_score"].sel(step=last, layer=layer, head=head))
+        abl = float(ds["ablated_loss"].sel(step=last, layer=layer, head=head))
+        table.add_row(str(layer), str(head), f"{value:.3f}", f"{prev:.3f}", f"{abl - base:+.3f}")
+    console.print(table)
+    best = ds["induction_score"].sel(layer=1).max("head").compute()
+    first = best.where(best > 0.3, drop=True)
+    if first.sizes["step"]:
+        console.print(f"the best layer-1 head's induction score first exceeds 0.3 at step {int(first.step[0])}")
+    png = run / "induction_score.png"
+    plot_type(ds, "induction_score", png)
+    console.rule("4. plot")
+    console.print(f"wrote {png}")

@@ -17,18 +17,21 @@ def main() -> None:
 from ._train import train_command  # noqa: E402
 
 from ._compute import compute_command, types_command  # noqa: E402
+from ._show import plot_command, show_command  # noqa: E402
 from ._verify import verify_command  # noqa: E402
 
 app.command("train")(train_command)
 app.command("compute")(compute_command)
 app.command("types")(types_command)
 app.command("verify")(verify_command)
+app.command("show")(show_command)
+app.command("plot")(plot_command)
 
 
 @app.command()
 @user_errors
 def demo(out: str = typer.Option("demo-run", "--out", help="run directory to write")) -> None:
-    """Build a small model, run one forward, print its activation tree."""
+    """Train induction-tiny, compute the standard suite, print the top induction heads, write a plot."""
     from ._demo import run_demo
 
     run_demo(out)

@@ -13,3 +13,45 @@ jax.config.update("jax_numpy_dtype_promotion", "standard")
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+TINY_OVERRIDES = [
+    "model.d_model=32", "model.n_heads=2", "task.seq_len=24", "task.segment_len_min=4", "task.segment_len_max=8",
+    "train.steps=60", "train.batch_size=8", "train.eval_every=20", "train.eval_size=16", "train.log_every=5",
+    "checkpoints.schedule=every:10",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A 60-step, 7-checkpoint induction run (seconds to train); tests copy it before writing."""
+    from trainer.config import resolve_config
+    from trainer.train import train
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    train(resolve_config("induction-tiny", None, TINY_OVERRIDES), run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_induction_tiny(tmp_path_factory):
+    """The real induction-tiny preset trained through its phase change (about a minute on 2 cores)."""
+    from trainer.config import resolve_config
+    from trainer.train import train
+
+    run = tmp_path_factory.mktemp("induction_tiny") / "run"
+    train(resolve_config("induction-tiny"), run, progress=False)
+    return run
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """copy_run(src) -> a fresh copy of a run directory under tmp_path."""
+    import shutil
+
+    def copy(src, name="run"):
+        dst = tmp_path / name
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock-*"))
+        return dst
+
+    return copy

@@ -1,0 +1,74 @@
+"""`scalars show` and `scalars plot`: a rich table or a PNG of stored scalars."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._errors import user_errors
+
+console = Console()
+
+
+@user_errors
+def show_command(
+    run_dir: str = typer.Argument(..., help="run directory"),
+    type_: Optional[str] = typer.Option(None, "--type", "-t", help="scalar to show (default: list what is stored)"),
+    step: Optional[int] = typer.Option(None, "--step", help="for (layer, head) types: the step of the top-heads table"),
+    top: int = typer.Option(10, "--top", help="rows of the top-heads table"),
+) -> None:
+    """Show what a run stores, the top heads of a type at a step, or a type over steps."""
+    import store
+    from scalars.tables import nearest_step, over_steps, top_heads
+
+    ds = store.open_scalars(run_dir)
+    if type_ is None:
+        table = Table(title=f"{run_dir}: stored scalars")
+        for col in ("name", "dims", "computed steps", "probe", "units"):
+            table.add_column(col)
+        masks = store.open_scalars(run_dir, with_masks=True)
+        for name in sorted(ds.data_vars):
+            mask = masks.get(f"computed__{name}")
+            n = int(mask.values.sum()) if mask is not None else ds.sizes["step"]
+            da = ds[name]
+            table.add_row(name, ", ".join(da.dims), f"{n}/{ds.sizes['step']}", str(da.attrs.get("probe", "")),
+                          str(da.attrs.get("units", "")))
+        console.print(table)
+        return
+    if type_ not in ds.data_vars:
+        raise KeyError(f"scalar '{type_}' is not stored in {run_dir}; stored: {', '.join(sorted(ds.data_vars)) or 'none'}")
+    dims = tuple(d for d in ds[type_].dims if d != "step")
+    if dims == ("layer", "head") and (step is not None or True):
+        at = nearest_step(ds, step)
+        table = Table(title=f"{type_} at step {at}: top {top} heads")
+        for col in ("layer", "head", type_):
+            table.add_column(col, justify="right")
+        for layer, head, value in top_heads(ds, type_, at, top):
+            table.add_row(str(layer), str(head), f"{value:.4f}")
+        console.print(table)
+    header, rows = over_steps(ds, type_)
+    table = Table(title=f"{type_} over steps")
+    for col in header:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@user_errors
+def plot_command(
+    run_dirs: list[str] = typer.Argument(..., help="run directories (several: overlaid / faceted)"),
+    type_: str = typer.Option(..., "--type", "-t", help="scalar to plot"),
+    out: str = typer.Option(..., "-o", "--out", help="PNG file to write"),
+    log_step: bool = typer.Option(False, "--log-step", help="logarithmic step axis"),
+) -> None:
+    """Plot a stored scalar: step x head heatmaps per layer and top-head lines, or lines over steps."""
+    import store
+    from scalars.plotting import plot_type
+
+    ds = store.open_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs)
+    n = plot_type(ds, type_, out, log_step=log_step)
+    console.print(f"wrote {out} ({n} panels)")

@@ -1,0 +1,336 @@
+"""The compute engine over a run: which cells are missing, load checkpoints once, compute, store.
+
+`compute_run(run_dir, types)` plans the work (types x selected steps not yet computed), builds
+one jitted program for the requested types, streams checkpoints from the archive in blocks
+(the next block is read while the current one computes), and writes each (type, step) cell
+to `scalars.zarr` (values first, computed mask last, so a crash never exposes a partial cell).
+Checkpoints that fail their checksum are reported and skipped; the others are computed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+import store
+from trainer.model import ModelConfig, params_from_named
+
+from ._compute import ComputeFn, check_types, model_template
+from ._registry import DerivedScalarType, get_type, type_coords
+from ._run_probes import build_run_probe, resolve_probe_name
+from ._steps import select_steps
+
+ENGINE_VERSION = "1"
+
+
+def default_block_size() -> int:
+    """Checkpoints per compiled call: 1 on CPU (activations stay cache-sized), 16 on accelerators."""
+    return 1 if jax.default_backend() == "cpu" else 16
+
+
+@dataclasses.dataclass
+class ComputePlan:
+    """What `compute_run` will do: per type, the steps whose cells are missing."""
+
+    run_dir: Path
+    config: ModelConfig
+    types: list[DerivedScalarType]
+    probes: dict[str, Any]  # probe name -> Probe
+    missing: dict[str, np.ndarray]  # type name -> steps to compute
+    selected: np.ndarray
+    specs: list = dataclasses.field(default_factory=list)  # store.VariableSpec per type
+    committed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    force: bool = False
+
+    @property
+    def n_cells(self) -> int:
+        return int(sum(len(v) for v in self.missing.values()))
+
+    @property
+    def steps(self) -> np.ndarray:
+        if not self.missing:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate([np.asarray(v, np.int64) for v in self.missing.values()]))
+
+
+@dataclasses.dataclass
+class ComputeReport:
+    run_dir: Path
+    cells_computed: int = 0
+    checkpoints_computed: int = 0
+    failed_steps: dict[int, str] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    traces: int = 0  # compiled-program traces (one per distinct set of missing types and block shape)
+
+
+def load_run_model_config(run_dir: str | Path) -> tuple[dict, ModelConfig]:
+    """run.json content and the model config of a run directory."""
+    info = store.read_run_json(run_dir)
+    if "model" not in info:
+        raise ValueError(f"run '{run_dir}' has no model config in run.json; it was not written by this package")
+    return info, ModelConfig.from_dict(info["model"])
+
+
+def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe) -> store.VariableSpec:
+    return store.VariableSpec(
+        name=dst.name,
+        dims=tuple(dst.dims),
+        coords=type_coords(dst, config, probe),
+        attrs={
+            "description": dst.description,
+            "units": dst.units,
+            "version": str(dst.version),
+            "engine_version": ENGINE_VERSION,
+            "probe": probe.name if probe is not None else "none (weights only)",
+            "probe_hash": probe.content_hash if probe is not None else "none",
+        },
+    )
+
+
+def plan_compute(
+    run_dir: str | Path,
+    types: Sequence[str | DerivedScalarType],
+    *,
+    steps: str | None = None,
+    probe: str | None = None,
+    force: bool = False,
+) -> ComputePlan:
+    """Validate the request and list the missing cells; nothing is written."""
+    run_dir = Path(run_dir)
+    info, config = load_run_model_config(run_dir)
+    if not types:
+        raise ValueError("no types requested; pass --type NAME (see `scalars types`) or --all")
+    dsts = [get_type(t) for t in types]
+    check_types(dsts, config)
+    committed = np.asarray(store.open_archive(run_dir).steps, np.int64)
+    if committed.size == 0:
+        raise ValueError(f"run '{run_dir}' has no committed checkpoints yet; train it first or wait for a save")
+    selected = select_steps(steps, committed)
+    probes: dict[str, Any] = {}
+    per_type = {}
+    for dst in dsts:
+        name = None if dst.probe is None else (probe or resolve_probe_name(dst.probe, info, config))
+        if name is None:
+            per_type[dst.name] = None
+            continue
+        if name not in probes:
+            probes[name] = build_run_probe(name, run_dir, info, config)
+        per_type[dst.name] = probes[name]
+    specs = [_variable_spec(dst, config, per_type[dst.name]) for dst in dsts]
+    missing = {dst.name: selected if force else store.missing_steps(run_dir, dst.name, selected) for dst in dsts}
+    probes_by_type = {dst.name: per_type[dst.name] for dst in dsts}
+    return ComputePlan(run_dir, config, dsts, probes_by_type, {k: v for k, v in missing.items() if len(v)}, selected,
+                       specs, committed, force)
+
+
+def _validate_program(fn: ComputeFn, param_shapes) -> None:
+    """Trace the program on shapes only: a type that raises or returns a wrong shape fails here."""
+    try:
+        fn.trace_shapes(param_shapes)
+    except ValueError:
+        raise
+    except Exception as exc:  # a user type's own error: name the type it came from
+        raise ValueError(f"computing the requested types failed while tracing: {type(exc).__name__}: {exc}") from None
+
+
+def _load(reader: store.ArchiveReader, steps: list[int]) -> tuple[list[int], dict, dict[int, str]]:
+    """Read and checksum a block of checkpoints; steps that fail are returned with a reason."""
+    good, failed = [], {}
+    for s in steps:
+        try:
+            if not reader.verify_checksum(s):
+                failed[s] = (f"checkpoint {s} fails its checksum (corrupted chunk); run `scalars verify` and "
+                             "restore or retrain that step")
+                continue
+        except Exception as exc:  # unreadable chunk: report, go on with the others
+            failed[s] = f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); run `scalars verify`"
+            continue
+        good.append(s)
+    leaves = reader.load_block(good) if good else {}
+    return good, leaves, failed
+
+
+def compute_run(
+    run_dir: str | Path,
+    types: Sequence[str | DerivedScalarType],
+    *,
+    steps: str | None = None,
+    probe: str | None = None,
+    force: bool = False,
+    block_size: int | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    plan: ComputePlan | None = None,
+) -> ComputeReport:
+    """Compute the missing (type, step) cells of `types` for one run and store them.
+
+    Idempotent: a second call computes nothing; after a crash it computes only what is missing.
+    `on_progress(cells_done, cells_total)` is called after every block.
+    """
+    t0 = time.perf_counter()
+    plan = plan or plan_compute(run_dir, types, steps=steps, probe=probe, force=force)
+    report = ComputeReport(plan.run_dir)
+    total = plan.n_cells
+    block_size = block_size or default_block_size()
+    # one compiled program per distinct set of missing types (normally just one)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    missing = {name: set(v.tolist()) for name, v in plan.missing.items()}
+    for s in plan.steps.tolist():
+        key = tuple(t.name for t in plan.types if s in missing.get(t.name, ()))
+        groups.setdefault(key, []).append(s)
+    param_shapes, _ = model_template(plan.config)
+    programs = {}
+    for names in groups:
+        fn = ComputeFn(list(names), plan.config, None, type_probes={n: plan.probes[n] for n in names},
+                       options={k: v for k, v in (options or {}).items() if k in names}, block=block_size > 1)
+        shapes = param_shapes if block_size == 1 else jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct((1 << (block_size - 1).bit_length(), *x.shape), x.dtype), param_shapes)
+        _validate_program(fn, shapes)  # user types fail here, before anything stored is touched
+        programs[names] = fn
+    store.ensure_variables(plan.run_dir, plan.specs, plan.committed, force=plan.force)
+    if total == 0:
+        report.seconds = time.perf_counter() - t0
+        return report
+    reader = store.open_archive(plan.run_dir)
+    done = 0
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        for names, group_steps in groups.items():
+            fn = programs[names]
+            blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
+            future = pool.submit(_load, reader, blocks[0])
+            for i in range(len(blocks)):
+                good, leaves, failed = future.result()
+                if i + 1 < len(blocks):
+                    future = pool.submit(_load, reader, blocks[i + 1])  # prefetch while computing
+                report.failed_steps.update(failed)
+                if not good:
+                    continue
+                _warn_nonfinite(good, leaves, report)
+                values = _run_block(fn, param_shapes, good, leaves, block_size > 1)
+                for name in names:
+                    store.write_cells(plan.run_dir, name, good, values[name])
+                report.checkpoints_computed += len(good)
+                report.cells_computed += len(good) * len(names)
+                done += len(good) * len(names)
+                if on_progress:
+                    on_progress(done, total)
+            report.traces += fn.trace_count
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _run_block(fn: ComputeFn, param_shapes, steps: list[int], leaves: dict, block: bool) -> dict[str, np.ndarray]:
+    if block:
+        n = len(steps)
+        padded = _pad_block(leaves, n)
+        params = params_from_named(param_shapes, padded, stacked=int(next(iter(padded.values())).shape[0]))
+        out = jax.device_get(fn(params))
+        return {k: np.asarray(v)[:n] for k, v in out.items()}
+    outs = []
+    for i in range(len(steps)):
+        params = params_from_named(param_shapes, {k: v[i] for k, v in leaves.items()})
+        outs.append(fn(params))
+    outs = jax.device_get(outs)
+    return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+
+
+def _pad_block(leaves: dict, n: int) -> dict:
+    """Pad a short last block to a power of two so that few block shapes are ever compiled."""
+    target = 1 << (n - 1).bit_length()
+    if target == n:
+        return leaves
+    return {k: np.concatenate([v, np.repeat(v[-1:], target - n, axis=0)]) for k, v in leaves.items()}
+
+
+def _warn_nonfinite(steps: list[int], leaves: dict, report: ComputeReport) -> None:
+    for i, s in enumerate(steps):
+        bad = [k for k, v in leaves.items() if not np.isfinite(v[i]).all()]
+        if bad:
+            report.warnings.append(f"checkpoint {s} has non-finite weights (e.g. {bad[0]}); its scalars are NaN")
+
+
+def expand_run_dirs(patterns: Sequence[str]) -> list[Path]:
+    """Run directories from paths and globs; a glob matching nothing or a non-run path is an error."""
+    import glob
+
+    out: list[Path] = []
+    bad: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        if not matches:
+            raise ValueError(f"no run directories match '{pattern}'; check the path or quote the glob")
+        for m in matches:
+            (out if store.is_run_dir(m) else bad).append(Path(m) if store.is_run_dir(m) else m)
+    if bad:
+        raise ValueError(f"not run directories (no run.json): {', '.join(map(str, bad[:5]))}; "
+                         "pass directories written by `scalars train` or `scalars import` (nothing was computed)")
+    return list(dict.fromkeys(out))
+
+
+def applicable_types(config: ModelConfig) -> list[str]:
+    """Every registered type whose requirements the model meets (for --all)."""
+    from ._registry import list_types
+
+    return [t.name for t in list_types() if t.requires in (None, config.head)]
+
+
+def compute_runs(
+    run_dirs: Sequence[str],
+    types: Sequence[str],
+    *,
+    all_types: bool = False,
+    steps: str | None = None,
+    probe: str | None = None,
+    force: bool = False,
+    block_size: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[ComputeReport]:
+    """`compute_run` over several runs with one progress bar; plans every run before computing any."""
+    from .progress import CellProgress
+
+    dirs = expand_run_dirs(run_dirs)
+    if all_types and types:
+        raise ValueError("pass either --type NAME ... or --all, not both")
+    plans = []
+    for d in dirs:
+        names = applicable_types(load_run_model_config(d)[1]) if all_types else list(types)
+        if all_types:
+            names = _buildable(d, names, probe)
+        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force))
+    total = sum(p.n_cells for p in plans)
+    if log:
+        log(f"{total} cells to compute over {len(plans)} run(s)")
+    reports = []
+    with CellProgress(total, enabled=progress and total > 0) as bar:
+        offset = 0
+        for plan in plans:
+            rep = compute_run(plan.run_dir, [t.name for t in plan.types], plan=plan, block_size=block_size,
+                              on_progress=lambda done, _t, offset=offset: bar.update(offset + done))
+            offset += plan.n_cells
+            reports.append(rep)
+    return reports
+
+
+def _buildable(run_dir: Path, names: list[str], probe: str | None) -> list[str]:
+    """Drop types whose probe this run cannot provide (for --all)."""
+    info, config = load_run_model_config(run_dir)
+    keep = []
+    for name in names:
+        raw = get_type(name).probe
+        if raw is None:
+            keep.append(name)
+            continue
+        try:
+            build_run_probe(probe or resolve_probe_name(raw, info, config), run_dir, info, config)
+        except ValueError:
+            continue
+        keep.append(name)
+    return keep

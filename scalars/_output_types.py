@@ -1,0 +1,72 @@
+"""Built-in types about the model's outputs: probe metrics, logit lens, direct logit attribution.
+
+Token probes score positions 0..S-2 predicting tokens 1..S-1; classifier probes score the
+query (last position) against `labels[:, -1]`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._registry import register
+
+__all__ = ["direct_logit_attributions"]
+
+
+@register("loss", dims=(), units="nats",
+          description="mean probe loss of the clean model (next-token CE over all predicted positions; the "
+                      "query's CE on classifier probes)")
+def loss(model, probe, clean, ctx):
+    return ctx.clean_metrics()[0]
+
+
+@register("accuracy", dims=(), units="fraction correct",
+          description="mean probe accuracy of the clean model (argmax next token; the query's label on classifiers)")
+def accuracy(model, probe, clean, ctx):
+    return ctx.clean_metrics()[1]
+
+
+@register("icl_accuracy", dims=(), probe="icl", requires="classifier", units="fraction correct",
+          description="query accuracy on the run's in-context-learning eval set (held-out or relabeled classes)")
+def icl_accuracy(model, probe, clean, ctx):
+    return ctx.clean_metrics()[1]
+
+
+@register("iwl_accuracy", dims=(), probe="iwl", requires="classifier", units="fraction correct",
+          description="query accuracy on the run's in-weights-learning eval set (uninformative context)")
+def iwl_accuracy(model, probe, clean, ctx):
+    return ctx.clean_metrics()[1]
+
+
+@register("logit_lens_loss", dims=("layer",), units="nats",
+          description="probe loss of each layer's resid_post passed through the final LayerNorm and the unembedding")
+def logit_lens_loss(model, probe, clean, ctx):
+    return ctx.logit_lens_metrics()[0]
+
+
+def direct_logit_attributions(model, probe, clean: dict) -> Float[Array, "layer head"]:
+    """Each head's result, centered and divided by the clean final-LN scale (frozen) and times
+    the LN gain, dotted with W_U[:, correct] - mean_v W_U[:, v]; mean over positions, sequences."""
+    W_U = model.unembed_matrix  # (d, V)
+    if probe.kind == "tokens":
+        correct, positions = probe.arrays["tokens"][:, 1:], slice(0, -1)
+    else:
+        correct, positions = probe.arrays["labels"][:, -1:], slice(-1, None)
+    direction = W_U.T[correct] - W_U.mean(1)  # (B, P, d)
+    ln = model.ln_final
+    out = []
+    for layer_out in clean["layer_outputs"]:
+        result = layer_out["attn_output"]["result"][:, :, positions]  # (B, H, P, d)
+        if ln.w is not None:
+            scale = clean["ln_final_output"]["scale"][:, None, positions]  # (B, 1, P, 1)
+            result = (result - result.mean(-1, keepdims=True)) / scale * ln.w
+        out.append(jnp.einsum("bhpd,bpd->bhp", result, direction).mean((0, 2)))
+    return jnp.stack(out)
+
+
+@register("direct_logit_attribution", dims=("layer", "head"), units="logit",
+          description="head output's direct effect on the correct-minus-mean logit: result through the final LN "
+                      "with its scale frozen at the clean value, averaged over predicted positions and sequences")
+def direct_logit_attribution(model, probe, clean, ctx):
+    return direct_logit_attributions(model, probe, clean)

@@ -1,0 +1,276 @@
+"""The derived-scalar type (DST) registry: one decorated function declares a type in one place.
+
+```python
+@register("induction_score", dims=("layer", "head"), probe="repeated_tokens",
+          description="mean over i in [T+1, 2T] of A[i, i-T+1]", units="attention probability")
+def induction_score(model, probe, clean, ctx) -> Float[Array, "layer head"]: ...
+```
+
+`fn(model, probe, clean, ctx)` gets the model, the probe (arrays traced under jit), the clean
+activations of the probe batch (`call_with_all_aux` vmapped: every leaf has a leading batch
+axis) and a `Context` with the intervention helpers and the type's resolved `ctx.options`. It
+returns an array of shape `type_shape(dst, config)`. Users add types from their own files
+(`load_plugin(path)`) or packages (entry-point group `derived_scalars.types`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import importlib.util
+import re
+import sys
+import types as _pytypes
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .dims import TYPE_DIMS, dim_coords, dim_size
+
+if TYPE_CHECKING:
+    from trainer.model import ModelConfig
+
+    from ._probes import Probe
+
+__all__ = [
+    "DerivedScalarType", "register", "unregister", "get_type", "list_types", "load_plugin",
+    "load_entry_point_plugins", "type_shape", "type_coords", "resolve_options", "probe_name",
+    "ENTRY_POINT_GROUP", "DEFAULT_PROBES", "type_attrs",
+]
+
+ENTRY_POINT_GROUP = "derived_scalars.types"
+# the probe a type declared with probe="default" uses, per model head
+DEFAULT_PROBES = {"lm": "repeated_tokens", "classifier": "icl"}
+HEADS = ("lm", "classifier")
+_SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DerivedScalarType:
+    """A registered type: its math (`fn`) and everything the engine and the store need to know.
+
+    `probe` names the probe the type reads (`"default"`: the run's default probe for its head,
+    see `DEFAULT_PROBES`; None: a weight-only type that needs no forward). `requires` is the
+    model head it needs ("lm", "classifier" or None for both). `options` are the type's own
+    settings with their defaults; `sizes` gives lengths of dims the engine cannot size itself.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    dims: tuple[str, ...]
+    description: str
+    probe: str | None = "default"
+    units: str = ""
+    version: int = 1
+    requires: str | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"DerivedScalarType({self.name!r}, dims={self.dims}, probe={self.probe!r})"
+
+
+_REGISTRY: dict[str, DerivedScalarType] = {}
+_LOADED_PLUGINS: dict[str, list[str]] = {}  # resolved plugin path -> names it registered
+_LOADED_ENTRY_POINTS: dict[str, list[str]] = {}
+
+
+def _validate(dst: DerivedScalarType) -> None:
+    name = dst.name
+    if not isinstance(name, str) or not _SNAKE.match(name):
+        raise ValueError(f"derived-scalar type name {name!r} must be snake_case (e.g. 'my_score')")
+    if not callable(dst.fn):
+        raise TypeError(f"type '{name}': fn must be callable, got {type(dst.fn).__name__}")
+    if len(set(dst.dims)) != len(dst.dims):
+        raise ValueError(f"type '{name}' has repeated dims {dst.dims}; dims must be distinct")
+    for d in dst.dims:
+        if d not in TYPE_DIMS and d not in dst.sizes:
+            raise ValueError(
+                f"type '{name}' has unknown dim {d!r}; use one of {', '.join(TYPE_DIMS)} "
+                f"(or give its size with sizes={{{d!r}: N}})"
+            )
+    if dst.requires not in (None, *HEADS):
+        raise ValueError(f"type '{name}': requires must be None, 'lm' or 'classifier', got {dst.requires!r}")
+    if dst.probe is not None and (not isinstance(dst.probe, str) or not dst.probe):
+        raise ValueError(f"type '{name}': probe must be a probe name, 'default' or None, got {dst.probe!r}")
+    if not isinstance(dst.version, int) or dst.version < 1:
+        raise ValueError(f"type '{name}': version must be a positive integer, got {dst.version!r}")
+
+
+def register(
+    name: str,
+    *,
+    dims: tuple[str, ...] | list[str],
+    description: str,
+    probe: str | None = "default",
+    units: str = "",
+    version: int = 1,
+    requires: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    sizes: Mapping[str, int] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Decorator registering `fn(model, probe, clean, ctx) -> array` as the type `name`.
+
+    Refuses a name that is already registered (unregister it first to replace it).
+    Returns the function unchanged; the type is `get_type(name)`.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        dst = DerivedScalarType(
+            name=name, fn=fn, dims=tuple(dims), description=description, probe=probe, units=units,
+            version=version, requires=requires, options=_pytypes.MappingProxyType(dict(options or {})),
+            sizes=_pytypes.MappingProxyType(dict(sizes or {})),
+        )
+        _validate(dst)
+        if name in _REGISTRY:
+            where = getattr(_REGISTRY[name].fn, "__module__", "?")
+            raise ValueError(
+                f"derived-scalar type '{name}' is already registered (by {where}); choose another name "
+                "or unregister the old one first"
+            )
+        _REGISTRY[name] = dst
+        return fn
+
+    return decorate
+
+
+def unregister(name: str) -> DerivedScalarType:
+    """Remove a type from the registry and return it (KeyError with suggestions if unknown)."""
+    dst = get_type(name)
+    del _REGISTRY[name]
+    return dst
+
+
+def _unknown(name: str) -> KeyError:
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return KeyError(f"unknown derived-scalar type {name!r}{hint} (`scalars types` lists them all)")
+
+
+def get_type(name: str | DerivedScalarType) -> DerivedScalarType:
+    """The registered type called `name` (a type passes through); KeyError naming the nearest names."""
+    if isinstance(name, DerivedScalarType):
+        return name
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise _unknown(name) from None
+
+
+def list_types() -> list[DerivedScalarType]:
+    """Every registered type, sorted by name."""
+    _ensure_builtins()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def _ensure_builtins() -> None:
+    from . import _builtin  # noqa: F401  (registers the built-in types on first import)
+
+
+def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:
+    """The probe `dst` reads for a model with this config (None for weight-only types)."""
+    if dst.probe == "default":
+        return DEFAULT_PROBES[config.head]
+    return dst.probe
+
+
+def resolve_options(dst: DerivedScalarType, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The type's option defaults updated by `overrides`; unknown option names raise ValueError."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(dst.options))
+    if unknown:
+        known = ", ".join(sorted(dst.options)) or "none"
+        raise ValueError(f"type '{dst.name}' has no option(s) {', '.join(unknown)}; its options are: {known}")
+    return {**dst.options, **overrides}
+
+
+def type_shape(dst: DerivedScalarType | str, config: "ModelConfig", probe: "Probe | None" = None) -> tuple[int, ...]:
+    """The output shape of one checkpoint's value of `dst` (dims in order, `step` excluded)."""
+    dst = get_type(dst)
+    return tuple(dim_size(d, config, probe, dst.sizes) for d in dst.dims)
+
+
+def type_coords(dst: DerivedScalarType | str, config: "ModelConfig", probe: "Probe | None" = None) -> dict[str, np.ndarray]:
+    """Coordinates (`arange(size)`) of each of the type's dims."""
+    dst = get_type(dst)
+    return {d: dim_coords(d, config, probe, dst.sizes) for d in dst.dims}
+
+
+def type_attrs(dst: DerivedScalarType | str, probe: "Probe | None" = None,
+               options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON-able attrs stored with a type's results: definition, units, version, probe and its hash,
+    resolved options."""
+    dst = get_type(dst)
+    return {
+        "description": dst.description, "units": dst.units, "version": dst.version,
+        "probe": None if probe is None else probe.name,
+        "probe_hash": None if probe is None else probe.content_hash,
+        "options": resolve_options(dst, options),
+    }
+
+
+def _module_name(path: Path) -> str:
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"_derived_scalars_plugin_{stem}_{abs(hash(str(path))) % 10**8}"
+
+
+def load_plugin(path: str | Path) -> list[str]:
+    """Import the Python file at `path`, whose `@register` calls add types; return their names.
+
+    Loading the same file again returns the names it registered without re-running it. If the
+    file raises, the types it registered so far are removed and a ValueError says what it raised.
+    """
+    path = Path(path).expanduser()
+    key = str(path.resolve())
+    if key in _LOADED_PLUGINS:
+        return list(_LOADED_PLUGINS[key])
+    if not path.is_file():
+        raise ValueError(f"plugin file {str(path)!r} does not exist; pass the path of a .py file that registers types")
+    if path.suffix != ".py":
+        raise ValueError(f"plugin {str(path)!r} is not a .py file")
+    _ensure_builtins()
+    before = set(_REGISTRY)
+    mod_name = _module_name(path)
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in user code becomes one clear sentence
+        for name in set(_REGISTRY) - before:
+            del _REGISTRY[name]
+        sys.modules.pop(mod_name, None)
+        raise ValueError(f"plugin {str(path)!r} raised {type(e).__name__}: {e}") from e
+    added = sorted(set(_REGISTRY) - before)
+    _LOADED_PLUGINS[key] = added
+    return list(added)
+
+
+def load_entry_point_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """Load every installed entry point of `group` (importing it registers its types); return new names.
+
+    The entry point names a module (`my_pkg.scalar_types`) or an object in one; importing it
+    runs its `@register` calls. Errors raise ValueError naming the entry point.
+    """
+    _ensure_builtins()
+    added: list[str] = []
+    for ep in importlib.metadata.entry_points(group=group):
+        key = f"{ep.name}={ep.value}"
+        if key in _LOADED_ENTRY_POINTS:
+            continue
+        before = set(_REGISTRY)
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001
+            for name in set(_REGISTRY) - before:
+                del _REGISTRY[name]
+            raise ValueError(f"entry point {ep.name!r} ({ep.value}) of group {group!r} raised {type(e).__name__}: {e}") from e
+        new = sorted(set(_REGISTRY) - before)
+        _LOADED_ENTRY_POINTS[key] = new
+        added += new
+    return added
