@@ -66,7 +66,8 @@ PRESETS: dict[str, dict] = {
     "icl-bursty": _preset(
         model={"head": "classifier", "vocab_size": 0, "d_in": 64, "n_labels": 16, "n_ctx": 32, "attn_only": False,
                "n_heads": 4},
-        task={**_ICL_TASK, "fewshot_relabel": False},
+        task={**_ICL_TASK, "fewshot_relabel": False, "class_split": [960, 0, 64], "zipf_alpha": 1.0,
+              "data": {**_ICL_DATA, "n_classes": 1024, "noise": 0.3}},
         train={"steps": 2000, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100},
         checkpoints={"schedule": "every:100"},
     ),
