@@ -21,6 +21,7 @@ def train_command(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="JSON or TOML config file"),
     set_: list[str] = typer.Option([], "--set", "-s", help="override: key.path=value (repeatable)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="continue the interrupted run in this directory"),
+    from_step: Optional[int] = typer.Option(None, "--from-step", help="with --resume: resume from this checkpoint"),
     show_config: bool = typer.Option(False, "--show-config", help="print the effective config and exit"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -33,8 +34,10 @@ def train_command(
         if out is not None or preset is not None or config is not None or set_:
             raise ValueError("--resume takes the config from the run itself; drop --out/--preset/--config/--set")
         cfg = store.read_run_json(resume)["config"]
-        result = train(cfg, resume, resume=True, progress=not quiet, log=console.print)
+        result = train(cfg, resume, resume=True, progress=not quiet, log=console.print, from_step=from_step)
     else:
+        if from_step is not None:
+            raise ValueError("--from-step only applies with --resume RUN_DIR")
         cfg = resolve_config(preset, config, set_)
         if show_config:
             console.print(Syntax(json.dumps(cfg, indent=2), "json"))

@@ -148,8 +148,9 @@ def check_out_dir(run_dir: Path) -> None:
 
 
 def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train the run described by `config` into `out_dir` (or continue it with `resume=True`)."""
+          log: Callable[[str], None] | None = None, from_step: int | None = None) -> TrainResult:
+    """Train the run described by `config` into `out_dir` (or continue it with `resume=True`,
+    from its last checkpoint or from `from_step`)."""
     run_dir = Path(out_dir)
     validate(config)
     if not resume:
@@ -172,7 +173,7 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
         archive = store.ArchiveWriter(run_dir, {k: (v.shape, v.dtype.name) for k, v in _to_host(params).items()})
         metrics = store.MetricsWriter(run_dir)
         if resume:
-            start, params, opt_state, saver = _restore(run_dir, archive, metrics, model, opt_state, saver, log)
+            start, params, opt_state, saver = _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step)
         else:
             store.write_run_json(run_dir, run_info(config, task.model_config))
         result = _loop(
@@ -182,22 +183,42 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
     return result
 
 
-def _restore(run_dir, archive, metrics, model, opt_state, saver, log):
-    """Load the last committed checkpoint that has a resume state; drop anything written after it."""
+def _intact(reader: store.ArchiveReader, step: int) -> bool:
+    try:
+        return reader.verify_checksum(step)
+    except Exception:  # an unreadable or missing chunk
+        return False
+
+
+def _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step=None):
+    """Load the last committed checkpoint (or `from_step`) that has a resume state; drop what came after.
+
+    A corrupted latest checkpoint is refused, naming the previous intact one to resume from.
+    """
     available = set(store.resume_steps(run_dir))
-    committed = [int(s) for s in archive.steps if int(s) in available]
-    if not committed:
+    candidates = [int(s) for s in archive.steps if int(s) in available]
+    if not candidates:
         if len(archive.steps):
             raise ValueError(f"'{run_dir}' has checkpoints but no optimizer state to resume from; start a new run")
+        if from_step is not None:
+            raise ValueError(f"'{run_dir}' has no checkpoint to resume from; drop --from-step")
         return 0, eqx.partition(model, eqx.is_array)[0], opt_state, saver
     reader = store.open_archive(run_dir)
-    for step in reversed(committed):
-        if reader.verify_checksum(step):
-            break
-        if log:
-            log(f"checkpoint {step} failed its checksum; trying the previous one")
+    if from_step is not None:
+        if from_step not in candidates:
+            raise ValueError(f"step {from_step} cannot be resumed from: checkpoints with optimizer state are "
+                             f"{', '.join(map(str, candidates))}")
+        step = from_step
+        if not _intact(reader, step):
+            raise ValueError(f"checkpoint {step} of '{run_dir}' is corrupted too; run `scalars verify {run_dir}`")
     else:
-        raise ValueError(f"no intact checkpoint with optimizer state in '{run_dir}'; run `scalars verify {run_dir}`")
+        step = candidates[-1]
+        if not _intact(reader, step):
+            previous = [s for s in reversed(candidates[:-1]) if _intact(reader, s)]
+            hint = (f"resume from the previous intact checkpoint with `scalars train --resume {run_dir} "
+                    f"--from-step {previous[0]}` (later checkpoints are discarded)") if previous else \
+                "no earlier checkpoint with optimizer state is intact; start a new run"
+            raise ValueError(f"the latest checkpoint ({step}) of '{run_dir}' fails its checksum; {hint}")
     archive.truncate_after(step)
     metrics.truncate_after(step - 1)
     params = eqx.partition(load_named_leaves(model, reader.load(step)), eqx.is_array)[0]

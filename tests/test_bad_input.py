@@ -1,0 +1,123 @@
+"""Every mistake a user can make gets one clear sentence, a non-zero exit code, no traceback, no change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import store
+from scalars import compute_run
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
+
+
+@pytest.fixture(scope="module")
+def run_with_scalars(tiny_run, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("bad") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock-*"))
+    compute_run(run, ["induction_score", "loss"])
+    return run
+
+
+def _setup(case: str, run: Path, tmp: Path) -> list[str]:
+    """The argv of one bad-input case; files it needs are made under tmp."""
+    r = str(run)
+    if case == "wrong_rank_h5":
+        with h5py.File(tmp / "bad.h5", "w") as f:
+            f["resnet18/224/feat"] = np.zeros((10, 64), np.float32)
+        return ["train", "--preset", "icl-bursty", "--set", "task.data.source=h5", "--set",
+                f"task.data.path={tmp / 'bad.h5'}", "--out", str(tmp / "new")]
+    if case == "plugin_raises_on_import":
+        (tmp / "p.py").write_text("raise RuntimeError('plugin is broken')\n")
+        return ["compute", r, "--plugin", str(tmp / "p.py"), "--type", "loss"]
+    if case == "newer_schema":
+        import shutil
+
+        copy = tmp / "newer"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock-*"))
+        info = json.loads((copy / "run.json").read_text())
+        info["schema_version"] = 99
+        (copy / "run.json").write_text(json.dumps(info))
+        return ["compute", str(copy), "--type", "loss"]
+    if case == "missing_config_file":
+        return ["train", "--config", str(tmp / "nope.toml"), "--out", str(tmp / "new")]
+    if case == "bad_config_file":
+        (tmp / "c.json").write_text("{not json")
+        return ["train", "--config", str(tmp / "c.json"), "--out", str(tmp / "new")]
+    return {
+        "unknown_preset": ["train", "--preset", "gpt5", "--out", str(tmp / "new")],
+        "unknown_key": ["train", "--set", "model.n_layer=3", "--out", str(tmp / "new")],
+        "wrong_value_type": ["train", "--set", "train.lr=fast", "--out", str(tmp / "new")],
+        "set_without_equals": ["train", "--set", "train.steps", "--out", str(tmp / "new")],
+        "bad_schedule": ["train", "--set", "checkpoints.schedule=sometimes", "--out", str(tmp / "new")],
+        "out_holds_a_run": ["train", "--preset", "induction-tiny", "--out", r],
+        "resume_not_a_run": ["train", "--resume", str(tmp)],
+        "from_step_without_resume": ["train", "--from-step", "3", "--out", str(tmp / "new")],
+        "unknown_type": ["compute", r, "--type", "induction_scor"],
+        "bad_steps_spec": ["compute", r, "--type", "loss", "--steps", "10..x"],
+        "step_not_in_archive": ["compute", r, "--type", "loss", "--steps", "35"],
+        "not_a_run_dir": ["compute", str(tmp), "--type", "loss"],
+        "glob_matches_nothing": ["compute", str(tmp / "nothing*"), "--type", "loss"],
+        "type_for_other_head": ["compute", r, "--type", "iwl_accuracy"],
+        "missing_probe_file": ["compute", r, "--type", "induction_score", "--probe", str(tmp / "p.npy"), "--force"],
+        "show_unknown_type": ["show", r, "--type", "ablated_loss"],
+        "show_unknown_step": ["show", r, "--type", "induction_score", "--step", "33"],
+        "plot_unknown_type": ["plot", r, "--type", "nope", "-o", str(tmp / "x.png")],
+        "verify_not_a_run": ["verify", str(tmp)],
+    }[case]
+
+
+CASES = {
+    "unknown_preset": "unknown preset 'gpt5'",
+    "unknown_key": "unknown config key 'model.n_layer' (did you mean 'n_layers'",
+    "wrong_value_type": "config key 'train.lr' expects a float",
+    "set_without_equals": "--set expects key=value",
+    "bad_schedule": "unknown checkpoint schedule kind 'sometimes'",
+    "missing_config_file": "does not exist",
+    "bad_config_file": "is not valid JSON",
+    "out_holds_a_run": "already holds a run",
+    "resume_not_a_run": "is not a run directory",
+    "from_step_without_resume": "--from-step only applies with --resume",
+    "wrong_rank_h5": "(10, 64)",
+    "unknown_type": "did you mean",
+    "bad_steps_spec": "bad --steps spec",
+    "step_not_in_archive": "step 35 is not a committed checkpoint of this run; nearest: 30, 40",
+    "not_a_run_dir": "not run directories",
+    "glob_matches_nothing": "no run directories match",
+    "type_for_other_head": "needs a sequence classifier",
+    "missing_probe_file": "does not exist",
+    "newer_schema": "newer version",
+    "plugin_raises_on_import": "plugin is broken",
+    "show_unknown_type": "scalar 'ablated_loss' is not stored",
+    "show_unknown_step": "step 33 is not stored",
+    "plot_unknown_type": "scalar 'nope' is not stored",
+    "verify_not_a_run": "is not a run directory",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, run_with_scalars, tmp_path):
+    argv = _setup(case, run_with_scalars, tmp_path)
+    before = snapshot(run_with_scalars)
+    res = subprocess.run([sys.executable, "-m", "cli.app", *argv], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "400"})
+    assert res.returncode != 0, res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert CASES[case] in lines[0], lines[0]
+    assert snapshot(run_with_scalars) == before, "a failed command changed the run"
+    assert not (tmp_path / "new").exists()
