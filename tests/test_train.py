@@ -182,3 +182,23 @@ def test_head_ablation_intervention_keeps_the_head_dead(tmp_path):
     assert np.array_equal(w0[1], w20[1]), "ablated head 1's W_O moved while ablated"
     assert not np.array_equal(w0[0], w20[0]), "other heads must train"
     assert not np.array_equal(w20[1], w40[1]), "after the window the head trains again"
+
+
+@pytest.mark.parametrize(
+    "intervention, leaf, frozen, free",
+    [
+        ('{"kind": "clamp_pattern", "layer": 0, "head": 0, "pattern": "prev_token", "start": 0, "stop": 30}',
+         "blocks.0.attn.W_Q", (0,), (1,)),
+        ('{"kind": "ablate_neuron", "layer": 0, "neuron": 5, "start": 0, "stop": 30}',
+         "blocks.0.mlp.W_out", (5,), (6,)),
+    ],
+)
+def test_clamp_and_neuron_interventions_cut_the_gradient(tmp_path, intervention, leaf, frozen, free):
+    """A clamped pattern gives its head's W_Q no gradient; an ablated neuron gives its W_out row none."""
+    extra = ["model.attn_only=false"] if "neuron" in intervention else []
+    run = tmp_path / "run"
+    train(tiny_config(f"interventions=[{intervention}]", "train.grad_clip=null", *extra), run, progress=False)
+    reader = store.open_archive(run)
+    w0, w20 = reader.load(0)[leaf], reader.load(20)[leaf]
+    assert np.array_equal(w0[frozen], w20[frozen])
+    assert not np.array_equal(w0[free], w20[free])
