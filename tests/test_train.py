@@ -202,3 +202,14 @@ def test_clamp_and_neuron_interventions_cut_the_gradient(tmp_path, intervention,
     w0, w20 = reader.load(0)[leaf], reader.load(20)[leaf]
     assert np.array_equal(w0[frozen], w20[frozen])
     assert not np.array_equal(w0[free], w20[free])
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(reference_run, tmp_path):
+    """run.json and an empty archive exist, nothing is committed: resume starts over and saves step 0."""
+    run = tmp_path / "run"
+    cfg = tiny_config()
+    store.write_run_json(run, {"config": cfg})
+    store.ArchiveWriter(run, store.open_archive(reference_run).leaf_specs)
+    assert list(store.open_archive(run).steps) == []
+    train(cfg, run, resume=True, progress=False)
+    assert_same_archives(reference_run, run)

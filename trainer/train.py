@@ -34,13 +34,14 @@ from .tasks_runtime import Task, build_task
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     """AdamW with linear warmup, then a constant or cosine-decayed learning rate; optional clipping."""
-    decay_steps = max(tc.steps - tc.warmup_steps, 1)
+    warmup = min(tc.warmup_steps, tc.steps)  # a short run with a preset's warmup just warms up
+    decay_steps = max(tc.steps - warmup, 1)
     if tc.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(tc.lr, decay_steps)
     else:
         after = optax.constant_schedule(tc.lr)
-    if tc.warmup_steps:
-        lr = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, tc.warmup_steps), after], [tc.warmup_steps])
+    if warmup:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, tc.lr, warmup), after], [warmup])
     else:
         lr = after
     adam = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
@@ -178,7 +179,7 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
             store.write_run_json(run_dir, run_info(config, task.model_config))
         result = _loop(
             task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
-            run_dir, archive, metrics, progress, resume,
+            run_dir, archive, metrics, progress, start_saved=start in set(int(x) for x in archive.steps),
         )
     return result
 
@@ -232,7 +233,7 @@ def _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step=
 
 
 def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
-          run_dir, archive, metrics, progress, resumed) -> TrainResult:
+          run_dir, archive, metrics, progress, start_saved) -> TrainResult:
     from .progress import TrainingProgress
 
     train_key = jax.random.key(seeds.train_seed)
@@ -263,7 +264,7 @@ def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, s
     with TrainingProgress(tc.steps, start, enabled=progress) as bar:
         for t in range(start, tc.steps + 1):
             save = False
-            if not (resumed and t == start):  # a resumed run's first step is already saved
+            if not (start_saved and t == start):  # a resumed run's first step is already in the archive
                 adaptive = False
                 if saver is not None and t > 0:
                     drain(t)
