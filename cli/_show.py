@@ -17,12 +17,12 @@ console = Console()
 def show_command(
     run_dir: str = typer.Argument(..., help="run directory"),
     type_: Optional[str] = typer.Option(None, "--type", "-t", help="scalar to show (default: list what is stored)"),
-    step: Optional[int] = typer.Option(None, "--step", help="for (layer, head) types: the step of the top-heads table"),
+    step: Optional[int] = typer.Option(None, "--step", help="the step of the top-heads (or top-cells) table; default the last"),
     top: int = typer.Option(10, "--top", help="rows of the top-heads table"),
 ) -> None:
     """Show what a run stores, the top heads of a type at a step, or a type over steps."""
     import store
-    from scalars.tables import nearest_step, over_steps, top_heads
+    from scalars.tables import nearest_step, over_steps, top_cells, top_heads
 
     ds = store.open_scalars(run_dir)
     if type_ is None:
@@ -41,7 +41,7 @@ def show_command(
     if type_ not in ds.data_vars:
         raise KeyError(f"scalar '{type_}' is not stored in {run_dir}; stored: {', '.join(sorted(ds.data_vars)) or 'none'}")
     dims = tuple(d for d in ds[type_].dims if d != "step")
-    if dims == ("layer", "head") and (step is not None or True):
+    if dims == ("layer", "head"):
         at = nearest_step(ds, step)
         table = Table(title=f"{type_} at step {at}: top {top} heads")
         for col in ("layer", "head", type_):
@@ -49,8 +49,15 @@ def show_command(
         for layer, head, value in top_heads(ds, type_, at, top):
             table.add_row(str(layer), str(head), f"{value:.4f}")
         console.print(table)
-    header, rows = over_steps(ds, type_)
-    table = Table(title=f"{type_} over steps")
+    elif dims:
+        at = nearest_step(ds, step)
+        header, rows = top_cells(ds, type_, at, top)
+        _print_table(f"{type_} at step {at}: top {len(rows)} cells", header, rows)
+    _print_table(f"{type_} over steps", *over_steps(ds, type_))
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
     for col in header:
         table.add_column(col, justify="right")
     for row in rows:

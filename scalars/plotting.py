@@ -37,12 +37,14 @@ def plot_type(ds: xr.Dataset, name: str, path: str | Path, *, log_step: bool = F
     dims = [d for d in da.dims if d not in ("step", "run")]
     if dims == ["layer", "head"]:
         n_layers = da.sizes["layer"]
+        vmin, vmax = float(np.nanmin(da.values)), float(np.nanmax(da.values))
         fig, axes = plt.subplots(len(runs), n_layers + 1, figsize=(4 * (n_layers + 1), 3.2 * len(runs)), squeeze=False)
         for r, run in enumerate(runs):
             sub = da if run is None else da.sel(run=run)
             for layer in range(n_layers):
                 ax = axes[r, layer]
-                sub.isel(layer=layer).transpose("head", "step").plot.pcolormesh(ax=ax, x="step", y="head", add_colorbar=True)
+                sub.isel(layer=layer).transpose("head", "step").plot.pcolormesh(
+                    ax=ax, x="step", y="head", add_colorbar=True, vmin=vmin, vmax=vmax)  # one scale: layers comparable
                 ax.set_title(f"{'' if run is None else str(run) + ' '}layer {int(sub.layer[layer])}")
                 if log_step:
                     ax.set_xscale("symlog", linthresh=max(1, int(sub.step[1]) if sub.sizes["step"] > 1 else 1))

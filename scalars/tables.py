@@ -31,12 +31,41 @@ def top_heads(ds: xr.Dataset, name: str, step: int | None = None, k: int = 10) -
     return rows
 
 
-def over_steps(ds: xr.Dataset, name: str, max_rows: int = 20) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a type's values over (a subsample of) steps; (layer, head) types show the max head."""
+def top_cells(ds: xr.Dataset, name: str, step: int | None = None, k: int = 10) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the k largest cells of a type at a step, any dims (e.g. a path_patch's
+    (layer, head, dst_layer, dst_head, side)); NaN cells (not applicable) are left out."""
+    da = ds[name].sel(step=nearest_step(ds, step))
+    dims = list(da.dims)
+    values = np.asarray(da.values, np.float64)
+    flat = values.ravel()
+    order = [i for i in np.argsort(np.nan_to_num(flat, nan=-np.inf))[::-1] if np.isfinite(flat[i])][:k]
+    rows = []
+    for idx in order:
+        where = np.unravel_index(idx, values.shape)
+        rows.append([str(da[d].values[i]) for d, i in zip(dims, where)] + [f"{flat[idx]:.4f}"])
+    return dims + [name], rows
+
+
+def over_steps(ds: xr.Dataset, name: str, max_rows: int = 20, max_columns: int = 12) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a type's values over (a subsample of) steps; (layer, head) types show the
+    max head per layer, types with more than `max_columns` cells show their max cell and where it is."""
     da = ds[name]
     dims = [d for d in da.dims if d != "step"]
     steps = ds.step.values
     pick = np.unique(np.linspace(0, len(steps) - 1, min(max_rows, len(steps))).astype(int))
+    n_cells = int(np.prod([da.sizes[d] for d in dims])) if dims else 1
+    if dims and dims != ["layer", "head"] and n_cells > max_columns:
+        stacked = np.asarray(da.stack(c=dims).values, np.float64)
+        cells = da.stack(c=dims).c.values
+        rows = []
+        for i in pick:
+            row = stacked[i]
+            if np.isfinite(row).any():
+                j = int(np.nanargmax(row))
+                rows.append([str(int(steps[i])), f"{row[j]:.4f}", ",".join(map(str, np.atleast_1d(cells[j])))])
+            else:
+                rows.append([str(int(steps[i])), "nan", ""])
+        return ["step", f"max over {n_cells} cells", f"at ({', '.join(dims)})"], rows
     if dims == ["layer", "head"]:
         header = ["step"] + [f"max over heads, layer {int(l)}" for l in da["layer"].values]
         vals = da.max("head").values

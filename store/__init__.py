@@ -5,10 +5,13 @@ Knows nothing of models: it stores dicts of named numpy arrays and labeled xarra
 
 from . import dims as dims
 from ._schema import VariableSpec as VariableSpec
+from .align import align_with_metrics as align_with_metrics
+from .align import open_run as open_run
 from .checkpoints import ArchiveReader as ArchiveReader
 from .checkpoints import ArchiveWriter as ArchiveWriter
 from .checkpoints import open_archive as open_archive
 from .errors import StoreError as StoreError
+from .export import export_scalars as export_scalars
 from .metrics import MetricsWriter as MetricsWriter
 from .metrics import open_metrics as open_metrics
 from .resume import prune_resume_states as prune_resume_states
@@ -20,6 +23,7 @@ from .run import is_run_dir as is_run_dir
 from .run import read_run_json as read_run_json
 from .run import run_lock as run_lock
 from .run import write_run_json as write_run_json
+from .scalars_store import check_variables as check_variables
 from .scalars_store import clear_cells as clear_cells
 from .scalars_store import computed_mask as computed_mask
 from .scalars_store import ensure_variables as ensure_variables
@@ -37,4 +41,5 @@ __all__ = [
     "MetricsWriter", "open_metrics",
     "VariableSpec", "ensure_variables", "write_cells", "clear_cells", "computed_mask", "missing_steps",
     "stored_steps", "open_scalars", "verify_scalars",
+    "align_with_metrics", "open_run", "export_scalars",
 ]

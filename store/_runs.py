@@ -98,6 +98,10 @@ def _run_config(run_dir: str) -> dict[str, Any]:
             if value is not None:
                 flat.setdefault(alias, value)
                 break
+    sweep = info.get("sweep")  # a sweep's values under the names it was swept by (`scalars train --sweep`)
+    if isinstance(sweep, Mapping):
+        for key, value in flatten(sweep).items():
+            flat.setdefault(key, value)
     return flat
 
 

@@ -1,0 +1,146 @@
+"""Files of a Hugging Face checkpoint directory: config.json and (sharded) safetensors, read and written.
+
+Headers are read without tensor data so that a whole series of directories is validated before
+an import writes anything; directories are built beside their destination and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CONFIG_JSON", "WEIGHTS", "tensor_headers", "read_checkpoint_dir", "step_from_name",
+           "write_checkpoint_dir", "build_atomically"]
+
+CONFIG_JSON = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+_STEP_NAME = re.compile(r"(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
+Headers = dict[str, tuple[tuple[int, ...], str, str]]  # name -> (shape, safetensors dtype, file)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"'{path}' is not valid JSON ({exc}); re-export the checkpoint") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"'{path}' does not hold a JSON object; re-export the checkpoint")
+    return data
+
+
+def _weight_files(d: Path) -> list[Path]:
+    if (d / WEIGHTS).is_file():
+        return [d / WEIGHTS]
+    if (d / INDEX).is_file():
+        index = _read_json(d / INDEX)
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index.get("weight_map"), dict) else []
+        if not shards:
+            raise ValueError(f"'{d / INDEX}' has no weight_map; re-export the checkpoint")
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"'{d / missing[0]}', named in '{d / INDEX}', does not exist; copy the "
+                                    "complete checkpoint directory")
+        return [d / s for s in shards]
+    if (d / "pytorch_model.bin").is_file():
+        raise ValueError(f"'{d}' has only pytorch_model.bin; this importer reads safetensors: save the model "
+                         "with save_pretrained(..., safe_serialization=True)")
+    raise FileNotFoundError(f"'{d}' has no {WEIGHTS}; pass Hugging Face checkpoint directories "
+                            f"({CONFIG_JSON} + {WEIGHTS})")
+
+
+def _checkpoint_dir(d: str | os.PathLike[str]) -> Path:
+    path = Path(d)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory '{path}' does not exist; pass Hugging Face checkpoint "
+                                f"directories ({CONFIG_JSON} + {WEIGHTS})")
+    if not (path / CONFIG_JSON).is_file():
+        raise FileNotFoundError(f"'{path}' has no {CONFIG_JSON}; pass Hugging Face checkpoint directories "
+                                f"({CONFIG_JSON} + {WEIGHTS})")
+    return path
+
+
+def tensor_headers(d: str | os.PathLike[str]) -> tuple[dict[str, Any], Headers, str]:
+    """(config.json, name -> (shape, dtype, file) of every tensor, the weights file(s)) without reading data."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _checkpoint_dir(d)
+    config = _read_json(path / CONFIG_JSON)
+    headers: Headers = {}
+    files = _weight_files(path)
+    for file in files:
+        try:
+            with safe_open(file, framework="numpy") as f:
+                for name in f.keys():
+                    if name in headers:
+                        raise ValueError(f"tensor '{name}' is in both '{headers[name][2]}' and '{file}'; "
+                                         "re-export the checkpoint")
+                    sl = f.get_slice(name)
+                    headers[name] = (tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype()), str(file))
+        except SafetensorError as exc:
+            raise ValueError(f"'{file}' is not a readable safetensors file ({exc}); re-export the checkpoint") from None
+    return config, headers, str(files[0]) if len(files) == 1 else str(path / INDEX)
+
+
+def read_checkpoint_dir(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint directory (all shards) as numpy arrays."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    out: dict[str, np.ndarray] = {}
+    for file in _weight_files(_checkpoint_dir(d)):
+        try:
+            out.update(load_file(file))
+        except SafetensorError as exc:
+            raise ValueError(f"'{file}' is not a readable safetensors file ({exc}); re-export the checkpoint") from None
+    return out
+
+
+def step_from_name(d: str | os.PathLike[str], provenance: Any = None) -> int:
+    """The step of a checkpoint directory: from its name (``step-1000``, ``checkpoint-1000``), else our record."""
+    match = _STEP_NAME.search(Path(d).resolve().name)
+    if match:
+        return int(match.group(1))
+    if isinstance(provenance, Mapping) and isinstance(provenance.get("step"), int):
+        return int(provenance["step"])
+    raise ValueError(f"cannot tell the step of '{d}': name the directory like step-1000 or checkpoint-1000, "
+                     "or pass --steps")
+
+
+def build_atomically(out: Path, fill: Callable[[Path], None]) -> None:
+    """Run ``fill(tmp)`` on a fresh directory beside ``out``, then rename it to ``out`` (gone on failure)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"'{out}' already exists and is not empty; pass a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        fill(tmp)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_checkpoint_dir(out: str | os.PathLike[str], config: Mapping[str, Any],
+                         tensors: Mapping[str, np.ndarray]) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (metadata format "pt", as transformers expects)."""
+    from safetensors.numpy import save_file
+
+    def fill(tmp: Path) -> None:
+        (tmp / CONFIG_JSON).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(dict(tensors), tmp / WEIGHTS, metadata={"format": "pt"})
+
+    build_atomically(Path(out), fill)
