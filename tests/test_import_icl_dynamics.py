@@ -316,7 +316,10 @@ def test_import_writes_run_dir(run, tmp_path):
 
     folder, steps, _ = RUNS[run]
     out = tmp_path / run
-    assert import_icl_dynamics([folder], out) == [out]
+    source = {"exemplars": EXEMPLAR0} if run == "main" else {"data": "synthetic"}
+    assert import_icl_dynamics([folder], out, **source) == [out]
+    # the paper's probe vectors are stored with the run; the synthetic stand-in regenerates them bit for bit
+    np.testing.assert_array_equal(np.load(out / "probes" / "icl_dynamics_exemplar0.npy"), np.load(EXEMPLAR0))
     reader = store.open_archive(out)
     assert reader.steps.tolist() == steps and reader.n_committed == len(steps)
     config = read_icl_dynamics_config(folder)
@@ -332,6 +335,11 @@ def test_import_writes_run_dir(run, tmp_path):
     assert info["config"]["model"] == icl_dynamics_model_config(config).to_dict()
     assert info["seeds"] == {"init_seed": 5, "train_seed": 0, "eval_seed": 1}
     assert info["config"]["task"]["label_pairs"] == [list(p) for p in README_TRAIN_PAIRS]
+    assert info["config"]["train"]["batch_size"] == 32 and info["config"]["train"]["steps"] == steps[-1] // 32
+    data = info["config"]["task"]["data"]
+    if run == "mlp":  # --data synthetic: the task regenerates the whole stand-in (evaluator probes need it)
+        assert (data["source"], data["n_classes"], data["n_exemplars"], data["dim"]) == ("synthetic", 1623, 5, 512)
+    assert info["probe_data"]["icl_dynamics_exemplar0"]["shape"] == [50, 512]
     log = read_log_h5(folder / "log.h5")
     metrics = store.open_metrics(out)
     train = metrics.sel(step=log["train"]["step"])
@@ -377,7 +385,7 @@ def test_corrupt_checkpoint_writes_nothing(tmp_path):
     target.write_bytes(swap_records(raw, 16, 19))
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"00000040000\.eqx record 16 \(model\.transformer\.blocks\[0\]\.attn\.qkv\.weight\)"):
-        import_icl_dynamics([MLP, run], out)
+        import_icl_dynamics([MLP, run], out, data="synthetic")
     assert not out.exists()
 
 
@@ -395,8 +403,11 @@ def test_absent_data_file_names_the_flag(tmp_path):
         icl_dynamics_probe(config, run_folder=MAIN)
     with pytest.raises(ValueError, match=r"missing\.h5 does not exist; .*`--data FILE\.h5`"):
         icl_dynamics_probe(config, data=tmp_path / "missing.h5")
-    with pytest.raises(ValueError, match=r"`--data FILE\.h5`"):
+    with pytest.raises(ValueError, match=r"missing\.h5 does not exist; pass the features file with --data FILE\.h5"):
         import_icl_dynamics([MAIN], tmp_path / "out", data=tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match=r"names data file 'synthetic_omniglot_features\.h5', which was not found .*"
+                                         r"--data FILE\.h5, .*--exemplars FILE\.npy, or --data synthetic"):
+        import_icl_dynamics([MAIN], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -427,3 +438,30 @@ def test_probe_from_data_file(tmp_path, probe):
     wrong = dict(config, data_path_in_file="nope")
     with pytest.raises(ValueError, match=r"no rank-3 dataset at 'nope'.*`--data FILE\.h5`"):
         icl_dynamics_probe(wrong, data=path)
+
+
+def test_import_with_data_file(tmp_path):
+    """--data FILE.h5: the stand-in written to disk (README section 2) is validated, read and recorded."""
+    import h5py
+
+    from trainer.tasks import synthetic_clusters
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("resnet18/224/feat", data=synthetic_clusters(0, 1623, 5, 512, 0.1))
+    out = tmp_path / "mlp"
+    import_icl_dynamics([MLP], out, data=path)
+    np.testing.assert_array_equal(np.load(out / "probes" / "icl_dynamics_exemplar0.npy"), np.load(EXEMPLAR0))
+    import store
+
+    info = store.read_run_json(out)
+    assert info["config"]["task"]["data"]["source"] == "h5"
+    assert info["config"]["task"]["data"]["path"] == str(path.resolve())
+    assert info["probe_data"]["icl_dynamics_exemplar0"]["origin"].startswith("h5 file")
+    small = tmp_path / "small.h5"  # only the training classes: the evaluators' test classes are missing
+    with h5py.File(small, "w") as f:
+        f.create_dataset("resnet18/224/feat", data=np.zeros((50, 5, 512), np.float32))
+    with pytest.raises(ValueError, match=r"small\.h5 dataset 'resnet18/224/feat' has shape \(50, 5, 512\) but the run "
+                                         r"needs at least \(1623, 5, 512\)"):
+        import_icl_dynamics([MLP], tmp_path / "out2", data=small)
+    assert not (tmp_path / "out2").exists()

@@ -14,3 +14,5 @@ from .icl_dynamics import read_eqx_records as read_eqx_records
 from .icl_dynamics import read_icl_dynamics_config as read_icl_dynamics_config
 from .icl_dynamics import read_log_h5 as read_log_h5
 from .icl_dynamics import read_named_records as read_named_records
+from .icl_dynamics_data import DataSource as DataSource
+from .icl_dynamics_data import resolve_data_source as resolve_data_source

@@ -32,6 +32,7 @@ from ..model import ModelConfig, build_model, load_named_leaves, named_leaves
 from ..presets import PRESETS
 from ..tasks import ICL_DYNAMICS_TRAIN_PAIRS, ICL_DYNAMICS_VAL_PAIRS, ICLTaskConfig, icl_dynamics_probe_set
 from ..tasks import relabel_pair_split
+from .icl_dynamics_data import EXEMPLAR0_FILE, DataSource, resolve_data_source
 
 __all__ = [
     "RecordSpec", "eqx_record_layout", "read_eqx_records", "read_named_records", "icl_dynamics_model_config",
@@ -541,8 +542,11 @@ def _data_section(config_json: dict, data: Path | None, run_folder: Path | None)
     return base
 
 
-def icl_dynamics_task(config_json: dict, *, data: Path | None = None, run_folder: Path | None = None) -> dict:
-    """This project's `task` section (kind "icl", icl_dynamics_mode) for the run's training task."""
+def icl_dynamics_task(config_json: dict, *, data: Path | None = None, run_folder: Path | None = None,
+                      data_section: dict | None = None) -> dict:
+    """This project's `task` section (kind "icl", icl_dynamics_mode) for the run's training task.
+
+    Its `data` is `data_section` if given, else the HDF5 file `data` or the config's `data_file`."""
     mixing = list(config_json.get("mixing_coeffs") or [1.0])
     if len(mixing) != 1:
         raise ValueError(f"icl-dynamics run mixes {len(mixing)} training samplers (mixing_coeffs {mixing}); only "
@@ -561,7 +565,7 @@ def icl_dynamics_task(config_json: dict, *, data: Path | None = None, run_folder
         icl_dynamics_mode=True,
         label_pairs=[list(p) for p in pairs["train"]],
         val_label_pairs=[list(p) for p in pairs["val"]],
-        data=_data_section(config_json, data, run_folder),
+        data=data_section if data_section is not None else _data_section(config_json, data, run_folder),
     )
     try:
         ICLTaskConfig(**{k: v for k, v in task.items() if k != "kind"})
@@ -652,9 +656,10 @@ class _Plan:
     optimizer_steps: list[int]
     prng_keys: dict[str, dict[str, list[int]]]
     log: dict | None
+    source: DataSource
 
 
-def _plan(folder: Path, data: Path | None) -> _Plan:
+def _plan(folder: Path, data: str | Path | None, exemplars: str | Path | None = None) -> _Plan:
     """Read and validate everything of one run folder; writes nothing."""
     config_json = read_icl_dynamics_config(folder)
     _check_supported(config_json)
@@ -666,29 +671,19 @@ def _plan(folder: Path, data: Path | None) -> _Plan:
         d_in = params["embed.W_ex"].shape[0]
         counts.append(optimizer["count"])
         keys[str(step)] = seeds
-    if data is not None:
-        _check_data_file(Path(data), config_json, d_in)
+    source = resolve_data_source(config_json, folder, d_in, data=data, exemplars=exemplars)
     log_path = folder / "log.h5"
     log = read_log_h5(log_path) if log_path.exists() else None
     return _Plan(folder, config_json, icl_dynamics_model_config(config_json, d_in=d_in),
-                 icl_dynamics_task(config_json, data=data, run_folder=folder), files, counts, keys, log)
+                 icl_dynamics_task(config_json, data_section=source.task_data), files, counts, keys, log, source)
 
 
-def _check_data_file(path: Path, config_json: dict, d_in: int) -> None:
-    import h5py
-
-    if not path.is_file():
-        raise ValueError(f"data file {path} does not exist; pass the run's HDF5 features with `--data FILE.h5`")
-    key = str(config_json.get("data_path_in_file") or "resnet18/224/feat")
-    try:
-        with h5py.File(path, "r") as f:
-            node = f.get(key)
-            shape = node.shape if isinstance(node, h5py.Dataset) else None
-    except OSError as exc:
-        raise ValueError(f"data file {path} is not a readable HDF5 file ({exc}); pass `--data FILE.h5`") from None
-    if shape is None or len(shape) != 3 or shape[2] != d_in:
-        raise ValueError(f"data file {path} dataset '{key}' has shape {shape} but the checkpoints expect "
-                         f"(classes, exemplars, {d_in}); pass the run's features with `--data FILE.h5`")
+def _train_section(cj: dict) -> dict:
+    """The original training settings in this project's `train` vocabulary (steps are Adam steps)."""
+    bs = int(_cfg(cj, "train_bs"))
+    return {"steps": int(_cfg(cj, "train_iters")) // bs, "batch_size": bs, "lr": float(cj.get("lr", float("nan"))),
+            "lr_schedule": "constant", "warmup_steps": 0, "weight_decay": float(cj.get("weight_decay") or 0.0),
+            "b1": 0.9, "b2": 0.999, "grad_clip": None, "eval_size": int(cj.get("eval_iters") or 0)}
 
 
 def _run_info(plan: _Plan) -> dict:
@@ -705,6 +700,8 @@ def _run_info(plan: _Plan) -> dict:
             "task": plan.task,
             "seeds": seeds,
             "source": "icl-dynamics",
+            "step_unit": "sequences",  # also in config, so that open_scalars shows it as a run coordinate
+            "train": _train_section(cj),
             "original_config": cj,
         },
         "model": plan.model_config.to_dict(),
@@ -716,6 +713,7 @@ def _run_info(plan: _Plan) -> dict:
         "optimizer": {"name": "adam", "lr": float(cj.get("lr", float("nan"))), "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                       "weight_decay": float(cj.get("weight_decay") or 0.0)},
         "checkpoint_prng_keys": plan.prng_keys,
+        "probe_data": {"icl_dynamics_exemplar0": plan.source.record()},
         "imported_from": str(plan.folder.resolve()),
         "versions": package_versions(),
     }
@@ -732,6 +730,8 @@ def _write(plan: _Plan, out_dir: Path) -> None:
         _, params, _, _ = load_icl_dynamics_checkpoint(path, plan.config_json, d_in=d_in)
         archive.write_checkpoint(step, params)
     archive.close()
+    (out_dir / EXEMPLAR0_FILE).parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / EXEMPLAR0_FILE, plan.source.exemplar0)
     with store.MetricsWriter(out_dir) as metrics:
         if plan.log is not None:
             for step, row in metric_rows(plan.log, train_bs=int(_cfg(plan.config_json, "train_bs"))):
@@ -740,7 +740,8 @@ def _write(plan: _Plan, out_dir: Path) -> None:
 
 
 def import_icl_dynamics(
-    run_folders: list[str | Path], out_dir: str | Path, *, data: str | Path | None = None
+    run_folders: list[str | Path], out_dir: str | Path, *, data: str | Path | None = None,
+    exemplars: str | Path | None = None,
 ) -> list[Path]:
     """Import icl-dynamics run folders as run directories; returns the run directories written.
 
@@ -748,8 +749,11 @@ def import_icl_dynamics(
     Everything (configs, every record of every checkpoint, log.h5, `data`) is validated before
     anything is created, and an existing non-empty target is refused. Steps are training
     sequences (the checkpoint file names); run.json lists `optimizer_steps` (Adam steps), and
-    metrics rows carry `optimizer_step`. `data` (the HDF5 features) is recorded as the task's
-    data file so that the probe set can be rebuilt.
+    metrics rows carry `optimizer_step`. The exemplars come from `data` (an HDF5 file, or
+    "synthetic" for the fixture README's stand-in), `exemplars` (a .npy of the training classes'
+    exemplar-0 vectors) or the config's `data_file` if found (`resolve_data_source`; absent: a
+    ValueError naming the flags); the vectors the paper's probe needs are stored in the run
+    (`probes/icl_dynamics_exemplar0.npy`), so probes rebuild with no flag.
     """
     folders = [Path(f) for f in run_folders]
     if not folders:
@@ -761,8 +765,7 @@ def import_icl_dynamics(
     for t in targets:
         if t.exists() and (not t.is_dir() or any(t.iterdir())):
             raise ValueError(f"output directory {t} already exists and is not empty; choose a new --out")
-    data = None if data is None else Path(data)
-    plans = [_plan(f, data) for f in folders]
+    plans = [_plan(f, data, exemplars) for f in folders]
     for plan, target in zip(plans, targets):
         created = not target.exists()
         try:

@@ -1,0 +1,60 @@
+"""`scalars import`: bring checkpoints written by other code in as ordinary run directories.
+
+`--from` picks the format: `hf` (a series of GPT-2-format checkpoint directories,
+`trainer.hf_gpt2.import_hf`) or `icl-dynamics` (run folders of the icl-dynamics code,
+`trainer.importers.import_icl_dynamics`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ._errors import user_errors
+
+console = Console()
+FORMATS = ("hf", "icl-dynamics")
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--steps {text!r} must be comma-separated integers, one per DIR, e.g. 0,100,200") from None
+
+
+@user_errors
+def import_command(
+    dirs: list[str] = typer.Argument(..., help="checkpoint directories (hf) or icl-dynamics run folders"),
+    out: str = typer.Option(..., "--out", "-o", help="run directory to create (several icl-dynamics runs: one "
+                                                    "sub-directory each)"),
+    from_: str = typer.Option("hf", "--from", help="source format: hf or icl-dynamics"),
+    steps: Optional[str] = typer.Option(None, "--steps", help="hf: the step of each DIR, comma-separated"),
+    data: Optional[str] = typer.Option(None, "--data", help="icl-dynamics: the features HDF5 file, or 'synthetic' "
+                                                           "for the fixture README's synthetic stand-in"),
+    exemplars: Optional[str] = typer.Option(None, "--exemplars", help="icl-dynamics: .npy of exemplar 0 of each "
+                                                                     "training class (n_train, d_in)"),
+) -> None:
+    """Import checkpoints from another codebase as a run directory (`--from hf` or `--from icl-dynamics`)."""
+    if from_ not in FORMATS:
+        raise ValueError(f"--from {from_!r} is not a known format; use one of {', '.join(FORMATS)}")
+    if from_ == "hf":
+        if data is not None or exemplars is not None:
+            raise ValueError("--data and --exemplars apply to --from icl-dynamics only")
+        from trainer.hf_gpt2 import import_hf
+
+        written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps))
+        console.print(f"imported {len(dirs)} checkpoint director{'y' if len(dirs) == 1 else 'ies'} into {written or out}")
+        return
+    if steps is not None:
+        raise ValueError("--steps applies to --from hf only; icl-dynamics steps come from the checkpoint file names")
+    import store
+    from trainer.importers import import_icl_dynamics
+
+    for run_dir in import_icl_dynamics(dirs, out, data=data, exemplars=exemplars):
+        info = store.read_run_json(run_dir)
+        origin = info["probe_data"]["icl_dynamics_exemplar0"]["origin"]
+        console.print(f"imported {info['imported_from']} -> {run_dir}: {len(info['steps'])} checkpoints at "
+                      f"{info['steps']} training sequences; probe vectors from {origin}", soft_wrap=True)
