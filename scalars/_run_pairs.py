@@ -1,0 +1,85 @@
+"""Paired probes built from a run: the names `induction_pair`, `label_swap_pair` and user pair files.
+
+`build_run_pair(name, run_dir, info, config)` returns the pair called `name`, or None when the
+name is not a pair (the ordinary probe builders then handle it). Names: `induction_pair` (options
+`induction_pair:batch=16,T=32,seed=0`, as repeated_tokens), `label_swap_pair` (the run's default
+classifier probe, icl_dynamics or icl, with labels swapped), `CLEAN.npy,CORRUPT.npy` (a token
+pair, metric loss on every next token), or a `.npz` holding `tokens` and `corrupt_tokens` (and
+optionally `answer_pos`, `answers`, `wrong_answers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainer.model import ModelConfig
+
+from ._pairs import PairProbe, classifier_label_swap_pair, pair_from_arrays, pair_from_npy, pair_from_repeated
+
+__all__ = ["PAIR_NAMES", "build_run_pair", "default_pair_name"]
+
+PAIR_NAMES = ("induction_pair", "label_swap_pair")
+
+
+def default_pair_name(config: ModelConfig) -> str:
+    """The pair a `default_pair` type reads: `induction_pair` for token models, `label_swap_pair` for classifiers."""
+    return "induction_pair" if config.head == "lm" else "label_swap_pair"
+
+
+def _vocab(config: ModelConfig) -> int | None:
+    return config.vocab_size if config.head == "lm" else None
+
+
+def _npz_pair(path: Path, config: ModelConfig) -> PairProbe | None:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if "corrupt_tokens" not in arrays:
+        return None
+    if "tokens" not in arrays:
+        raise ValueError(f"pair file {str(path)!r} has corrupt_tokens but no clean 'tokens' array")
+    return pair_from_arrays(arrays["tokens"], arrays["corrupt_tokens"], answer_pos=arrays.get("answer_pos"),
+                            answers=arrays.get("answers"), wrong_answers=arrays.get("wrong_answers"),
+                            vocab_size=_vocab(config), name=path.stem, metadata={"source": path.name})
+
+
+def build_run_pair(name: str, run_dir: str | Path, info: dict, config: ModelConfig) -> PairProbe | None:
+    """The paired probe called `name` for this run, or None if `name` names no pair."""
+    from ._run_probes import _options, build_run_probe  # the ordinary probe builders (no import cycle)
+
+    if "," in name and name.endswith(".npy") and name.split(",")[0].endswith(".npy"):
+        clean, _, corrupt = name.partition(",")
+        if config.head != "lm":
+            raise ValueError("a .npy token pair needs a token language model; this run is a classifier")
+        pair = pair_from_npy(clean, corrupt, vocab_size=_vocab(config))
+        pair.check(config)
+        return pair
+    if name.endswith(".npz"):
+        path = Path(name)
+        if not path.is_file():
+            return None  # the ordinary builder reports the missing file
+        pair = _npz_pair(path, config)
+        if pair is not None:
+            pair.check(config)
+        return pair
+    base, opts = _options(name)
+    if base == "induction_pair":
+        if config.head != "lm":
+            raise ValueError("probe 'induction_pair' needs a token language model; this run is a classifier, "
+                             "use label_swap_pair")
+        plain = build_run_probe("repeated_tokens" + name[len(base):], run_dir, info, config)
+        pair = pair_from_repeated(plain, name="induction_pair")
+    elif base == "label_swap_pair":
+        if config.head != "classifier":
+            raise ValueError("probe 'label_swap_pair' needs a sequence classifier; this run is a token language "
+                             "model, use induction_pair")
+        if opts:
+            raise ValueError(f"probe 'label_swap_pair' takes no options, got {name!r}; it swaps labels in the run's "
+                             "default classifier probe")
+        plain = build_run_probe("default", run_dir, info, config)
+        pair = classifier_label_swap_pair(plain, n_labels=config.n_labels)
+    else:
+        return None
+    pair.check(config)
+    return pair
