@@ -33,13 +33,26 @@ def compute_command(
     plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more types (repeatable)"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="checkpoints per compiled call"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                          help="local dask worker processes (default: one per core for several runs; "
+                                               "1 computes in this process)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="use the dask cluster at tcp://HOST:PORT"),
+    steps_per_task: Optional[int] = typer.Option(None, "--steps-per-task", help="checkpoints per dask task"),
+    option: list[str] = typer.Option([], "--option", help="a type's option TYPE.KEY=VALUE (repeatable), e.g. "
+                                     "llc.step_size=1e-4; stored in the variable's attrs"),
 ) -> None:
-    """Compute derived scalars for every (selected) checkpoint of each run; only missing cells."""
-    from scalars import compute_runs
+    """Compute derived scalars for every (selected) checkpoint of each run; only missing cells.
+
+    Several runs (or --workers N, or --scheduler ADDR) run on dask.distributed; see docs/batch.md.
+    """
+    from scalars import compute_batch
+    from scalars._options import parse_type_options
 
     _load_plugins(plugin)
-    reports = compute_runs(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
-                           block_size=block_size, progress=not quiet, log=console.print)
+    reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                            block_size=block_size, workers=workers, scheduler=scheduler,
+                            steps_per_task=steps_per_task, plugins=plugin, progress=not quiet, log=console.print,
+                            options=parse_type_options(option))
     failed = False
     for rep in reports:
         for w in rep.warnings:

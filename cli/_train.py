@@ -24,12 +24,26 @@ def train_command(
     from_step: Optional[int] = typer.Option(None, "--from-step", help="with --resume: resume from this checkpoint"),
     show_config: bool = typer.Option(False, "--show-config", help="print the effective config and exit"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    sweep: list[str] = typer.Option([], "--sweep", help="train a grid: key=A..B or key=v1,v2 (repeatable); "
+                                                        "--out is then the parent dir; see docs/batch.md"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="with --sweep: local worker processes"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="with --sweep: dask cluster tcp://HOST:PORT"),
 ) -> None:
     """Train a small transformer on a synthetic task and write a dense checkpoint archive."""
     import store
     from trainer.config import resolve_config
     from trainer.train import train
 
+    if sweep:
+        if resume is not None or from_step is not None or show_config:
+            raise ValueError("--sweep cannot be combined with --resume/--from-step/--show-config; rerun the same "
+                             "sweep to resume its interrupted runs")
+        if out is None:
+            raise ValueError("--out is required with --sweep: the parent directory of the runs, e.g. --out runs/")
+        _sweep(sweep, out, preset, config, set_, workers, scheduler, quiet)
+        return
+    if workers is not None or scheduler is not None:
+        raise ValueError("--workers/--scheduler apply to --sweep; a single run trains in this process")
     if resume is not None:
         if out is not None or preset is not None or config is not None or set_:
             raise ValueError("--resume takes the config from the run itself; drop --out/--preset/--config/--set")
@@ -52,3 +66,13 @@ def train_command(
         f"saved {len(result.steps_saved)} checkpoints to {result.run_dir} in {result.seconds:.1f}s "
         f"(final loss {result.final_loss:.4f}; checkpoint writing {result.write_seconds:.1f}s in the background)"
     )
+
+
+def _sweep(sweep: list[str], out: str, preset, config, set_, workers, scheduler, quiet: bool) -> None:
+    from trainer.sweep import run_sweep
+
+    results = run_sweep(sweep, out=out, preset=preset, config_file=config, overrides=set_, workers=workers,
+                        scheduler=scheduler, progress=not quiet, log=console.print)
+    for r in results:
+        extra = f", final loss {r.final_loss:.4f}, {r.seconds:.1f}s" if r.status != "finished before" else ""
+        console.print(f"{r.run_dir}: {r.status} ({r.checkpoints} checkpoints{extra})")
