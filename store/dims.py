@@ -9,6 +9,7 @@
 - ``pos``: token position in a probe sequence, 0-based (BOS at 0).
 - ``side``: which input of an attention head a quantity is about (e.g. query or key side).
 - ``chain``: index of an independent sampling chain (e.g. repeated estimates of one scalar).
+- ``stat``: which summary statistic of a computation (string coords, e.g. SGLD diagnostics).
 - ``run``: one run directory when several runs are opened together.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD",
-    "POS", "SIDE", "CHAIN", "RUN", "KNOWN_DIMS",
+    "POS", "SIDE", "CHAIN", "STAT", "RUN", "KNOWN_DIMS",
 ]
 
 STEP = "step"
@@ -29,8 +30,9 @@ DST_HEAD = "dst_head"
 POS = "pos"
 SIDE = "side"
 CHAIN = "chain"
+STAT = "stat"
 RUN = "run"
 
 KNOWN_DIMS: tuple[str, ...] = (
-    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, SIDE, CHAIN, RUN,
+    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, SIDE, CHAIN, STAT, RUN,
 )

@@ -25,7 +25,7 @@ from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, c
 from .dims import STEP
 from .errors import StoreError
 
-__all__ = ["SCALARS", "VariableSpec", "ensure_variables", "write_cells", "clear_cells", "computed_mask",
+__all__ = ["SCALARS", "VariableSpec", "check_variables", "ensure_variables", "write_cells", "clear_cells", "computed_mask",
            "missing_steps", "open_scalars", "stored_steps"]
 
 SCALARS = "scalars.zarr"
@@ -77,10 +77,11 @@ def _check_existing(spec: VariableSpec, arr: Any) -> None:
         raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; use --force or "
                          "another name")
     stored = zio.attrs(arr)
-    for key, what in (("probe_hash", "probe hash"), ("version", "version")):
+    for key, what in (("probe_hash", "probe hash"), ("version", "version"), ("options", "options")):
         if key in stored and key in spec.attrs and stored[key] != spec.attrs[key]:
+            fix = "pass the stored options" if key == "options" else "use another probe name"
             raise StoreError(f"scalar '{spec.name}' is stored with {what} {stored[key]!r}, got "
-                             f"{spec.attrs[key]!r}; use --force to recompute it or use another probe name")
+                             f"{spec.attrs[key]!r}; use --force to recompute it or {fix}")
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -158,6 +159,18 @@ def _create_variable(group: Any, spec: VariableSpec, n_steps: int) -> None:
                      attributes=dict(spec.attrs), overwrite=True)
     zio.create_array(group, mask_name(spec.name), shape=(n_steps,), chunks=(1,), dtype="uint8", fill_value=0,
                      dimension_names=(STEP,), attributes={"mask_of": spec.name}, compress=False, overwrite=True)
+
+
+def check_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpec]) -> None:
+    """Read-only: StoreError if a stored variable named in ``specs`` differs in dims, sizes, probe
+    hash, version or options (what ``ensure_variables`` would refuse without ``force``)."""
+    if not zio.group_exists(_root(run_dir)):
+        return
+    with shared_lock(_lock_path(run_dir)):
+        existing = _variables(zio.open_group(_root(run_dir), "r"))
+        for spec in specs:
+            if spec.name in existing:
+                _check_existing(spec, existing[spec.name])
 
 
 def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpec], steps: Any, *,

@@ -44,6 +44,24 @@ def trained_induction_tiny(tmp_path_factory):
     return run
 
 
+REGRESSION_OVERRIDES = [
+    "task.n_tasks=1", "model.d_model=32", "model.n_heads=2", "model.n_layers=1", "task.context_len=8",
+    "train.steps=90", "train.batch_size=32", "train.eval_every=30", "train.eval_size=64",
+    "checkpoints.schedule=every:30", "train.warmup_steps=10", "train.lr=3e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def memorizing_regression_run(tmp_path_factory):
+    """A small icl-regression run with one task (M = 1), memorized within 90 steps: 4 checkpoints (seconds)."""
+    from trainer.config import resolve_config
+    from trainer.train import train
+
+    run = tmp_path_factory.mktemp("regression_m1") / "run"
+    train(resolve_config("icl-regression", None, REGRESSION_OVERRIDES), run, progress=False)
+    return run
+
+
 @pytest.fixture
 def copy_run(tmp_path):
     """copy_run(src) -> a fresh copy of a run directory under tmp_path."""

@@ -7,6 +7,8 @@
 - icl-dynamics: the reference setting of "What needs to go right for an induction head?"
   (2 layers, 8 heads, d_model 64, attention-only, RoPE, 5 labels, sequences `A la B lb Q`).
 - transience: 12 layers, about 0.9M parameters, the transience setting (slow on CPU).
+- icl-regression: in-context linear regression (D=4, K=16; 2 layers, 4 heads, d_model 64, MLP);
+  task diversity `--set task.n_tasks=1|4|64|inf` (default inf: fresh Gaussian tasks).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _ICL_TASK = {
     "noise_scale": 0.0, "fewshot_relabel": False, "icl_dynamics_mode": False, "label_pairs": [],
     "val_label_pairs": [], "data": _ICL_DATA,
 }
+_REGRESSION_TASK = {"kind": "regression", "n_dims": 4, "context_len": 16, "n_tasks": None, "noise_var": 0.125,
+                    "task_seed": 0}
 
 
 def _preset(model=None, task=None, train=None, checkpoints=None, seeds=None) -> dict:
@@ -90,5 +94,11 @@ PRESETS: dict[str, dict] = {
               "data": {**_ICL_DATA, "n_classes": 1700, "n_exemplars": 5}},
         train={"steps": 20000, "lr": 3e-4, "warmup_steps": 500, "eval_every": 500},
         checkpoints={"schedule": "log:60+every:1000"},
+    ),
+    "icl-regression": _preset(
+        model={"head": "regression", "vocab_size": 0, "d_in": 5, "n_ctx": 32, "n_heads": 4, "d_model": 64},
+        task=_REGRESSION_TASK,
+        train={"steps": 2000, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "eval_every": 100},
+        checkpoints={"schedule": "every:100"},
     ),
 }

@@ -104,7 +104,7 @@ def _make_step_fn(task: Task, static, opt, interventions, train_key, batch_size:
 
     def loss_fn(params, batch, step):
         model = eqx.combine(params, static)
-        n_pos = (batch["tokens"].shape[1]) if task.kind == "induction" else 2 * batch["labels"].shape[1] - 1
+        n_pos = task.n_positions(batch)
         cache, mask = intervention_cache(interventions, cfg, n_pos, step)
 
         def one(example):

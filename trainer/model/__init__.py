@@ -19,7 +19,10 @@ from ._params import named_leaves as named_leaves
 from ._params import params_from_named as params_from_named
 from ._transformer import Transformer as Transformer
 from ._transformer import interleave_exemplars as interleave_exemplars
+from ._transformer import regression_tokens as regression_tokens
 from .losses import next_token_correct as next_token_correct
 from .losses import next_token_losses as next_token_losses
 from .losses import query_correct as query_correct
 from .losses import query_loss as query_loss
+from .losses import regression_losses as regression_losses
+from .losses import regression_predictions as regression_predictions

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 Activation = Literal["gelu_new", "gelu", "relu", "swiglu"]
 Positional = Literal["learned", "rope", "none"]
-Head = Literal["lm", "classifier"]
+Head = Literal["lm", "classifier", "regression"]
 
 ACTIVATIONS = ("gelu_new", "gelu", "relu", "swiglu")
 POSITIONALS = ("learned", "rope", "none")
-HEADS = ("lm", "classifier")
+HEADS = ("lm", "classifier", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,8 @@ class ModelConfig:
 
     The defaults give a GPT-2 block (pre-LN, learned positions, gelu_new, biases everywhere).
     `head="classifier"` reads exemplar vectors of size `d_in` and labels in `0..n_labels-1`.
+    `head="regression"` reads (x, y) pairs as tokens of size `d_in` = dim(x) + 1 and predicts
+    one number per position (in-context linear regression).
     """
 
     n_layers: int = 2
@@ -34,7 +36,7 @@ class ModelConfig:
     n_ctx: int = 128  # maximum sequence length (learned positions)
     head: Head = "lm"
     vocab_size: int = 64  # lm head
-    d_in: int = 0  # classifier head: exemplar vector size
+    d_in: int = 0  # classifier head: exemplar vector size; regression head: token size dim(x) + 1
     n_labels: int = 0  # classifier head: number of labels
     attn_only: bool = False
     layernorm: bool = True
@@ -79,6 +81,11 @@ class ModelConfig:
                 )
             if self.tied_unembed:
                 raise ValueError("a classifier cannot tie its unembedding to a token embedding; set tied_unembed=false")
+        if self.head == "regression":
+            if self.d_in < 2:
+                raise ValueError(f"a regression model needs model.d_in = dim(x) + 1 >= 2, got d_in={self.d_in}")
+            if self.tied_unembed:
+                raise ValueError("a regression model has no token embedding to tie; set tied_unembed=false")
         if self.ln_eps <= 0:
             raise ValueError(f"model.ln_eps must be positive, got {self.ln_eps}")
 
@@ -92,7 +99,7 @@ class ModelConfig:
 
     @property
     def n_outputs(self) -> int:
-        return self.vocab_size if self.head == "lm" else self.n_labels
+        return {"lm": self.vocab_size, "classifier": self.n_labels, "regression": 1}[self.head]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""The decoder-only transformer: token-LM and sequence-classifier heads on one core.
+"""The decoder-only transformer: token-LM, sequence-classifier and regression heads on one core.
 
 `call_with_all_aux` returns `embed`, (`pos_embed`), `layer_outputs` (one dict per block),
 `ln_final_output`, `logits` and `out` (= logits, shape (T, n_outputs)). `forward_from`
@@ -46,6 +46,28 @@ class ClassifierEmbed(eqx.Module):
         self.W_pos = _normal(k_p, (cfg.n_ctx, cfg.d_model), cfg.init_std) if cfg.positional == "learned" else None
 
 
+class RegressionEmbed(eqx.Module):
+    """(x, y) tokens of size d_in = dim(x) + 1 through one linear map with bias (in-context regression)."""
+
+    W_in: Float[Array, "d_in d"]
+    b_in: Float[Array, " d"]
+    W_pos: Float[Array, "n_ctx d"] | None
+
+    def __init__(self, cfg: ModelConfig, *, key):
+        k_x, k_p = jax.random.split(key)
+        self.W_in = _normal(k_x, (cfg.d_in, cfg.d_model), cfg.d_in**-0.5)
+        self.b_in = jnp.zeros((cfg.d_model,), jnp.float32)
+        self.W_pos = _normal(k_p, (cfg.n_ctx, cfg.d_model), cfg.init_std) if cfg.positional == "learned" else None
+
+
+def regression_tokens(xs: Float[Array, "K D"], ys: Float[Array, " K"]) -> Float[Array, "2K-1 D+1"]:
+    """Tokens `x_1, y_1, ..., x_K` of size D+1: x with a zero y-slot, y with a zero x-slot (y_K never fed)."""
+    n, _ = xs.shape
+    x_tok = jnp.concatenate([xs, jnp.zeros((n, 1), xs.dtype)], axis=1)
+    y_tok = jnp.concatenate([jnp.zeros_like(xs), ys[:, None].astype(xs.dtype)], axis=1)
+    return interleave_exemplars(x_tok, y_tok)
+
+
 def interleave_exemplars(examples: Float[Array, "P d"], labels: Float[Array, "P d"]) -> Float[Array, "T d"]:
     """Tokens `e_0, l_0, e_1, l_1, ..., e_{P-1}`: the query's label (last) is never fed in."""
     n_items, d = examples.shape
@@ -57,7 +79,7 @@ class Transformer(ModuleWithAux):
     """Decoder-only transformer; `config.head` picks the token-LM or the sequence-classifier input."""
 
     config: ModelConfig = eqx.field(static=True)
-    embed: TokenEmbed | ClassifierEmbed
+    embed: TokenEmbed | ClassifierEmbed | RegressionEmbed
     blocks: list[Block]
     ln_final: LayerNorm
     W_U: Float[Array, "d n_out"] | None
@@ -66,12 +88,13 @@ class Transformer(ModuleWithAux):
     def __init__(self, config: ModelConfig, *, key):
         k_embed, k_blocks, k_unembed = jax.random.split(key, 3)
         self.config = config
-        self.embed = (TokenEmbed if config.head == "lm" else ClassifierEmbed)(config, key=k_embed)
+        embed_cls = {"lm": TokenEmbed, "classifier": ClassifierEmbed, "regression": RegressionEmbed}[config.head]
+        self.embed = embed_cls(config, key=k_embed)
         self.blocks = [Block(config, key=k) for k in jax.random.split(k_blocks, config.n_layers)]
         self.ln_final = LayerNorm(config.d_model, enabled=config.layernorm, eps=config.ln_eps)
         tied = config.head == "lm" and config.tied_unembed
         self.W_U = None if tied else _normal(k_unembed, (config.d_model, config.n_outputs), config.init_std)
-        use_bias = config.unembed_bias or config.head == "classifier"
+        use_bias = config.unembed_bias or config.head in ("classifier", "regression")
         self.b_U = jnp.zeros((config.n_outputs,), jnp.float32) if use_bias else None
 
     @property
@@ -79,10 +102,13 @@ class Transformer(ModuleWithAux):
         return self.embed.W_E.T if self.W_U is None else self.W_U
 
     def embed_input(self, x, assign) -> Float[Array, "T d"]:
-        """Embed tokens (T,) or a classifier sequence {"examples": (P, d_in), "labels": (P,)}."""
+        """Embed tokens (T,), a classifier sequence {"examples": (P, d_in), "labels": (P,)} or a
+        regression sequence {"xs": (K, D), "ys": (K,)} (tokens `regression_tokens`, T = 2K-1)."""
         if self.config.head == "lm":
             tokens: Int[Array, " T"] = x
             resid = assign("embed", self.embed.W_E[tokens])
+        elif self.config.head == "regression":
+            resid = assign("embed", regression_tokens(x["xs"], x["ys"]) @ self.embed.W_in + self.embed.b_in)
         else:
             ex = x["examples"] @ self.embed.W_ex + self.embed.b_ex
             lab = self.embed.W_lab[x["labels"]]

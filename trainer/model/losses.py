@@ -26,3 +26,13 @@ def query_loss(logits: Float[Array, "T C"], target: Int[Array, ""]) -> Float[Arr
 def query_correct(logits: Float[Array, "T C"], target: Int[Array, ""]) -> Float[Array, ""]:
     """1.0 where the query's argmax label is the target."""
     return (jnp.argmax(logits[-1]) == target).astype(jnp.float32)
+
+
+def regression_predictions(logits: Float[Array, "T 1"]) -> Float[Array, " K"]:
+    """The regression head's prediction of y_k, read at each x_k token (positions 0, 2, ..., T-1)."""
+    return logits[0::2, 0]
+
+
+def regression_losses(logits: Float[Array, "T 1"], ys: Float[Array, " K"]) -> Float[Array, " K"]:
+    """Squared error of each context position's prediction (position k has seen k pairs)."""
+    return (regression_predictions(logits) - ys) ** 2

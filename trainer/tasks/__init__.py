@@ -1,4 +1,5 @@
-"""Synthetic training tasks: induction LM, bursty ICL classification, mixtures; pure-JAX samplers."""
+"""Synthetic training tasks: induction LM, bursty ICL classification, in-context linear regression,
+mixtures; pure-JAX samplers."""
 
 from ._icl import ICLTaskConfig as ICLTaskConfig
 from ._icl import icl_dynamics_config as icl_dynamics_config
@@ -20,5 +21,13 @@ from ._induction import repeated_tokens_probe as repeated_tokens_probe
 from ._induction import sample_induction_batch as sample_induction_batch
 from ._mixture import MixtureTaskConfig as MixtureTaskConfig
 from ._mixture import sample_mixture_batch as sample_mixture_batch
+from ._regression import RegressionTaskConfig as RegressionTaskConfig
+from ._regression import regression_eval_batch as regression_eval_batch
+from ._regression import regression_eval_sets as regression_eval_sets
+from ._regression import sample_regression_batch as sample_regression_batch
+from ._regression import task_pool as task_pool
+from ._regression_baselines import bayes_predictions as bayes_predictions
+from ._regression_baselines import dmmse_predictions as dmmse_predictions
+from ._regression_baselines import ridge_predictions as ridge_predictions
 from ._sample import TaskConfig as TaskConfig
 from ._sample import sample_batch as sample_batch

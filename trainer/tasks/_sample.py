@@ -7,8 +7,9 @@ from jaxtyping import Array, PRNGKeyArray
 from ._icl import ICLTaskConfig, sample_icl_batch
 from ._induction import InductionTaskConfig, sample_induction_batch
 from ._mixture import MixtureTaskConfig, sample_mixture_batch
+from ._regression import RegressionTaskConfig, sample_regression_batch
 
-TaskConfig = InductionTaskConfig | ICLTaskConfig | MixtureTaskConfig
+TaskConfig = InductionTaskConfig | ICLTaskConfig | MixtureTaskConfig | RegressionTaskConfig
 
 
 def sample_batch(
@@ -24,6 +25,9 @@ def sample_batch(
         return sample_icl_batch(cfg, key, batch_size, data, with_info=with_info)
     if isinstance(cfg, MixtureTaskConfig):
         return sample_mixture_batch(cfg, key, batch_size, data, with_info=with_info)
+    if isinstance(cfg, RegressionTaskConfig):
+        return sample_regression_batch(cfg, key, batch_size, data, with_info=with_info)
     raise ValueError(
-        f"unknown task config type {type(cfg).__name__}; use InductionTaskConfig, ICLTaskConfig or MixtureTaskConfig."
+        f"unknown task config type {type(cfg).__name__}; use InductionTaskConfig, ICLTaskConfig, MixtureTaskConfig "
+        "or RegressionTaskConfig."
     )
