@@ -14,7 +14,9 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _fast_ablation as fa
 from . import _interventions as iv
+from ._reductions import leading_mean
 
 __all__ = ["Context"]
 
@@ -52,7 +54,7 @@ class Context:
     def mean_patterns(self) -> Float[Array, "layer head T T"]:
         """Attention pattern of every head averaged over the probe sequences."""
         return self.memo("mean_patterns", lambda: jnp.stack(
-            [out["attn_output"]["pattern"].mean(0) for out in self.clean["layer_outputs"]]))
+            [leading_mean(out["attn_output"]["pattern"]) for out in self.clean["layer_outputs"]]))
 
     def patterns(self) -> list[Float[Array, "B head T T"]]:
         """Per-sequence attention patterns, one array per layer."""
@@ -71,6 +73,9 @@ class Context:
     # -- interventions --------------------------------------------------------------------
     def head_ablation_metrics(self, *, preserve: str | None = None, ablation: str = "zero"):
         """(loss, accuracy), each (layer, head): the probe metrics with one head removed."""
+        if preserve is None:  # the residual identity: layer l's attention is not re-run (_fast_ablation)
+            return self.memo(("heads", preserve, ablation), lambda: fa.head_ablation_metrics(
+                self.model, self.probe, self.clean, ablation=ablation, head_batching=self.head_batching))
         return self.memo(("heads", preserve, ablation), lambda: iv.head_ablation_metrics(
             self.model, self.probe, self.clean, preserve=preserve, ablation=ablation,
             head_batching=self.head_batching))

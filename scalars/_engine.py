@@ -9,8 +9,10 @@ Checkpoints that fail their checksum are reported and skipped; the others are co
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,10 +21,11 @@ import jax
 import numpy as np
 
 import store
+from store.checkpoints import leaf_crc32
 from trainer.model import ModelConfig, params_from_named
 
 from ._compute import ComputeFn, check_types, model_template
-from ._registry import DerivedScalarType, get_type, type_coords
+from ._registry import DerivedScalarType, get_type, resolve_options, type_coords
 from ._run_probes import build_run_probe, resolve_probe_name
 from ._steps import select_steps
 
@@ -32,6 +35,13 @@ ENGINE_VERSION = "1"
 def default_block_size() -> int:
     """Checkpoints per compiled call: 1 on CPU (activations stay cache-sized), 16 on accelerators."""
     return 1 if jax.default_backend() == "cpu" else 16
+
+
+def compute_streams() -> int:
+    """Checkpoints computed concurrently (each its own call, from its own thread): 2 on CPU, where
+    two calls fill the cores between one call's small ops (measured ~10-15% more checkpoints per
+    second on 2 cores, benchmarks/RESULTS.md), 1 on accelerators (blocks are vmapped there)."""
+    return 2 if jax.default_backend() == "cpu" else 1
 
 
 @dataclasses.dataclass
@@ -47,6 +57,7 @@ class ComputePlan:
     specs: list = dataclasses.field(default_factory=list)  # store.VariableSpec per type
     committed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     force: bool = False
+    options: dict = dataclasses.field(default_factory=dict)  # type name -> option overrides
 
     @property
     def n_cells(self) -> int:
@@ -78,7 +89,11 @@ def load_run_model_config(run_dir: str | Path) -> tuple[dict, ModelConfig]:
     return info, ModelConfig.from_dict(info["model"])
 
 
-def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe) -> store.VariableSpec:
+def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe,
+                   options: Mapping[str, Any] | None = None) -> store.VariableSpec:
+    """The stored variable of a type: dims, coords and attrs (a type with options stores its
+    resolved options as a JSON string, so cells computed with other options are refused)."""
+    extra = {"options": json.dumps(resolve_options(dst, options), sort_keys=True, default=str)} if dst.options else {}
     return store.VariableSpec(
         name=dst.name,
         dims=tuple(dst.dims),
@@ -90,6 +105,7 @@ def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe) -> store.
             "engine_version": ENGINE_VERSION,
             "probe": probe.name if probe is not None else "none (weights only)",
             "probe_hash": probe.content_hash if probe is not None else "none",
+            **extra,
         },
     )
 
@@ -101,14 +117,20 @@ def plan_compute(
     steps: str | None = None,
     probe: str | None = None,
     force: bool = False,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ComputePlan:
-    """Validate the request and list the missing cells; nothing is written."""
+    """Validate the request and list the missing cells; nothing is written. `options` maps a type
+    name to option overrides (validated here, recorded in the stored attrs)."""
     run_dir = Path(run_dir)
     info, config = load_run_model_config(run_dir)
     if not types:
         raise ValueError("no types requested; pass --type NAME (see `scalars types`) or --all")
     dsts = [get_type(t) for t in types]
     check_types(dsts, config)
+    options = dict(options or {})
+    stray = sorted(set(options) - {d.name for d in dsts})
+    if stray:
+        raise ValueError(f"options given for type(s) {', '.join(stray)} that are not requested; add --type for them")
     committed = np.asarray(store.open_archive(run_dir).steps, np.int64)
     if committed.size == 0:
         raise ValueError(f"run '{run_dir}' has no committed checkpoints yet; train it first or wait for a save")
@@ -123,11 +145,17 @@ def plan_compute(
         if name not in probes:
             probes[name] = build_run_probe(name, run_dir, info, config)
         per_type[dst.name] = probes[name]
-    specs = [_variable_spec(dst, config, per_type[dst.name]) for dst in dsts]
+    for dst in dsts:
+        resolved = resolve_options(dst, options.get(dst.name))
+        if dst.validate is not None:
+            dst.validate(resolved, per_type[dst.name])
+    specs = [_variable_spec(dst, config, per_type[dst.name], options.get(dst.name)) for dst in dsts]
+    if not force:
+        store.check_variables(run_dir, specs)  # stored cells with another probe or options: refuse now
     missing = {dst.name: selected if force else store.missing_steps(run_dir, dst.name, selected) for dst in dsts}
     probes_by_type = {dst.name: per_type[dst.name] for dst in dsts}
     return ComputePlan(run_dir, config, dsts, probes_by_type, {k: v for k, v in missing.items() if len(v)}, selected,
-                       specs, committed, force)
+                       specs, committed, force, {k: dict(v) for k, v in options.items()})
 
 
 def _validate_program(fn: ComputeFn, param_shapes) -> None:
@@ -140,8 +168,20 @@ def _validate_program(fn: ComputeFn, param_shapes) -> None:
         raise ValueError(f"computing the requested types failed while tracing: {type(exc).__name__}: {exc}") from None
 
 
+def _checksums_match(reader: store.ArchiveReader, step: int, leaves: dict, i: int) -> bool:
+    stored = reader.stored_checksums(step)
+    return all(int(stored[j]) == leaf_crc32(leaves[n][i]) for j, n in enumerate(reader.leaf_names))
+
+
 def _load(reader: store.ArchiveReader, steps: list[int]) -> tuple[list[int], dict, dict[int, str]]:
-    """Read and checksum a block of checkpoints; steps that fail are returned with a reason."""
+    """Read and checksum a block of checkpoints; steps that fail are returned with a reason.
+    The block is read once and checked in memory; only a damaged block is re-read step by step."""
+    try:
+        leaves = reader.load_block(steps)
+        if all(_checksums_match(reader, s, leaves, i) for i, s in enumerate(steps)):
+            return list(steps), leaves, {}
+    except Exception:  # an unreadable chunk somewhere in the block: find it below
+        pass
     good, failed = [], {}
     for s in steps:
         try:
@@ -172,10 +212,12 @@ def compute_run(
     """Compute the missing (type, step) cells of `types` for one run and store them.
 
     Idempotent: a second call computes nothing; after a crash it computes only what is missing.
-    `on_progress(cells_done, cells_total)` is called after every block.
+    `on_progress(cells_done, cells_total)` is called after every block. `options` maps a type
+    name to option overrides (stored in the variable's attrs).
     """
     t0 = time.perf_counter()
-    plan = plan or plan_compute(run_dir, types, steps=steps, probe=probe, force=force)
+    plan = plan or plan_compute(run_dir, types, steps=steps, probe=probe, force=force, options=options)
+    options = plan.options
     report = ComputeReport(plan.run_dir)
     total = plan.n_cells
     block_size = block_size or default_block_size()
@@ -188,8 +230,7 @@ def compute_run(
     param_shapes, _ = model_template(plan.config)
     programs = {}
     for names in groups:
-        fn = ComputeFn(list(names), plan.config, None, type_probes={n: plan.probes[n] for n in names},
-                       options={k: v for k, v in (options or {}).items() if k in names}, block=block_size > 1)
+        fn = _program(names, plan, block_size > 1)
         shapes = param_shapes if block_size == 1 else jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct((1 << (block_size - 1).bit_length(), *x.shape), x.dtype), param_shapes)
         _validate_program(fn, shapes)  # user types fail here, before anything stored is touched
@@ -200,45 +241,127 @@ def compute_run(
         return report
     reader = store.open_archive(plan.run_dir)
     done = 0
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    streams = compute_streams() if block_size == 1 else 1
+    with concurrent.futures.ThreadPoolExecutor(1) as loader, concurrent.futures.ThreadPoolExecutor(streams) as workers, \
+            _CellWriter(plan, report) as writer:
         for names, group_steps in groups.items():
             fn = programs[names]
             blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
-            future = pool.submit(_load, reader, blocks[0])
-            for i in range(len(blocks)):
-                good, leaves, failed = future.result()
-                if i + 1 < len(blocks):
-                    future = pool.submit(_load, reader, blocks[i + 1])  # prefetch while computing
-                report.failed_steps.update(failed)
-                if not good:
-                    continue
-                _warn_nonfinite(good, leaves, report)
-                values = _run_block(fn, param_shapes, good, leaves, block_size > 1)
-                for name in names:
-                    store.write_cells(plan.run_dir, name, good, values[name])
-                report.checkpoints_computed += len(good)
-                report.cells_computed += len(good) * len(names)
-                done += len(good) * len(names)
-                if on_progress:
-                    on_progress(done, total)
+            future = loader.submit(_load, reader, blocks[0])
+            running: collections.deque = collections.deque()  # (steps, future of values), oldest first
+            in_flight = 0  # the first block runs alone: it compiles the program once, for every stream
+            for i in range(len(blocks) + 1):
+                if i < len(blocks):
+                    good, leaves, failed = future.result()
+                    if i + 1 < len(blocks):
+                        future = loader.submit(_load, reader, blocks[i + 1])  # prefetch while computing
+                    report.failed_steps.update(failed)
+                    if good:
+                        _warn_nonfinite(good, leaves, report)
+                        running.append((good, workers.submit(_compute_block, fn, param_shapes, good, leaves,
+                                                             block_size > 1)))
+                while running and (len(running) > in_flight or i == len(blocks)):
+                    steps_done, values = running[0][0], running.popleft()[1].result()
+                    in_flight = streams - 1
+                    writer.put(names, steps_done, values)  # stored in the background, values then mask
+                    report.checkpoints_computed += len(steps_done)
+                    report.cells_computed += len(steps_done) * len(names)
+                    done += len(steps_done) * len(names)
+                    if on_progress:
+                        on_progress(done, total)
             report.traces += fn.trace_count
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _run_block(fn: ComputeFn, param_shapes, steps: list[int], leaves: dict, block: bool) -> dict[str, np.ndarray]:
+_PROGRAMS: dict[tuple, ComputeFn] = {}  # compiled programs kept across calls (runs of one architecture)
+_PROGRAM_CACHE_SIZE = 4
+
+
+def _program(names: tuple[str, ...], plan: ComputePlan, block: bool) -> ComputeFn:
+    """The ComputeFn for `names` on this plan's config and probes: reused, compile included, by a
+    later call with the same types, options, probe contents and architecture (e.g. a sweep's runs)."""
+    options = {k: v for k, v in (plan.options or {}).items() if k in names}
+    probes = tuple((n, None if plan.probes[n] is None else plan.probes[n].content_hash) for n in names)
+    key = (tuple(get_type(n) for n in names), plan.config, probes, json.dumps(options, sort_keys=True, default=str),
+           block, jax.default_backend())
+    fn = _PROGRAMS.pop(key, None)
+    if fn is None:
+        fn = ComputeFn(list(names), plan.config, None, type_probes={n: plan.probes[n] for n in names},
+                       options=options, block=block)
+    _PROGRAMS[key] = fn  # most recently used last
+    while len(_PROGRAMS) > _PROGRAM_CACHE_SIZE:
+        _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    return fn
+
+
+def _compute_block(fn: ComputeFn, param_shapes, steps: list[int], leaves: dict, block: bool) -> dict[str, np.ndarray]:
+    """The block's values, type name -> (len(steps), *type shape) (a padded block trimmed)."""
     if block:
-        n = len(steps)
-        padded = _pad_block(leaves, n)
-        params = params_from_named(param_shapes, padded, stacked=int(next(iter(padded.values())).shape[0]))
-        out = jax.device_get(fn(params))
-        return {k: np.asarray(v)[:n] for k, v in out.items()}
-    outs = []
-    for i in range(len(steps)):
-        params = params_from_named(param_shapes, {k: v[i] for k, v in leaves.items()})
-        outs.append(fn(params))
-    outs = jax.device_get(outs)
+        padded = _pad_block(leaves, len(steps))
+        out = jax.device_get(fn(params_from_named(param_shapes, padded,
+                                                  stacked=int(next(iter(padded.values())).shape[0]))))
+        return {k: np.asarray(v)[:len(steps)] for k, v in out.items()}
+    outs = jax.device_get([fn(params_from_named(param_shapes, {k: v[i] for k, v in leaves.items()}))
+                           for i in range(len(steps))])
     return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in outs[0]}
+
+
+class _CellWriter:
+    """Stores computed cells from a background thread (values first, computed mask last, as
+    `store.write_cells` does), coalescing the blocks that arrive while a write is in flight; its
+    errors surface on the next `put` or at exit, and exit waits until everything is stored."""
+
+    def __init__(self, plan: ComputePlan, report: ComputeReport):
+        self.plan, self.report = plan, report
+        self.queue: list[tuple[tuple[str, ...], list[int], dict]] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+        self.future: concurrent.futures.Future | None = None
+
+    def put(self, names: tuple[str, ...], steps: list[int], values: dict) -> None:
+        self.queue.append((names, list(steps), values))
+        if self.future is None or self.future.done():
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.future is not None:
+            self.future.result()
+        batch, self.queue = self.queue, []
+        self.future = self.pool.submit(self._write, batch) if batch else None
+
+    def _write(self, batch) -> None:
+        for name in dict.fromkeys(n for names, _, _ in batch for n in names):
+            parts = [(steps, values[name]) for names, steps, values in batch if name in names]
+            steps = [s for part_steps, _ in parts for s in part_steps]
+            values = np.concatenate([v for _, v in parts])
+            store.write_cells(self.plan.run_dir, name, steps, values)
+            _check_cells(self.plan, name, steps, values, self.report)
+
+    def __enter__(self) -> "_CellWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:
+                self._flush()  # what is queued
+                if self.future is not None:
+                    self.future.result()
+            elif self.future is not None:
+                concurrent.futures.wait([self.future])
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _check_cells(plan: ComputePlan, name: str, steps: list[int], values: np.ndarray, report: ComputeReport) -> None:
+    """A type's own `check` on each computed cell (e.g. why an SGLD estimate is NaN) -> warnings."""
+    dst = next(t for t in plan.types if t.name == name)
+    if dst.check is None:
+        return
+    opts = resolve_options(dst, plan.options.get(name))
+    for step, value in zip(steps, values):
+        message = dst.check(int(step), np.asarray(value), opts)
+        if message:
+            report.warnings.append(f"{name} at step {step}: {message}")
 
 
 def _pad_block(leaves: dict, n: int) -> dict:
@@ -275,10 +398,11 @@ def expand_run_dirs(patterns: Sequence[str]) -> list[Path]:
 
 
 def applicable_types(config: ModelConfig) -> list[str]:
-    """Every registered type whose requirements the model meets (for --all)."""
+    """Every registered type whose requirements the model meets (for --all); opt-in types
+    (costly estimators) are left out."""
     from ._registry import list_types
 
-    return [t.name for t in list_types() if t.requires in (None, config.head)]
+    return [t.name for t in list_types() if t.requires in (None, config.head) and not t.opt_in]
 
 
 def compute_runs(
@@ -292,8 +416,10 @@ def compute_runs(
     block_size: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[ComputeReport]:
-    """`compute_run` over several runs with one progress bar; plans every run before computing any."""
+    """`compute_run` over several runs with one progress bar; plans every run before computing any.
+    `options` maps a type name to option overrides."""
     from .progress import CellProgress
 
     dirs = expand_run_dirs(run_dirs)
@@ -304,7 +430,7 @@ def compute_runs(
         names = applicable_types(load_run_model_config(d)[1]) if all_types else list(types)
         if all_types:
             names = _buildable(d, names, probe)
-        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force))
+        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options))
     total = sum(p.n_cells for p in plans)
     if log:
         log(f"{total} cells to compute over {len(plans)} run(s)")

@@ -1,0 +1,111 @@
+"""The residual-identity head ablation (scalars/_fast_ablation.py) against the cache-based re-run,
+over the architectures and probe kinds the engine serves, and the dot-form batch mean."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scalars
+from scalars import _fast_ablation as fa
+from scalars import _interventions as iv
+from scalars._reductions import leading_mean
+from trainer.model import ModelConfig, build_model
+
+GPT2 = dict(n_layers=3, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
+CONFIGS = {
+    "gpt2": ModelConfig(**GPT2),
+    "relu_tied_nobias": ModelConfig(**GPT2, activation="relu", tied_unembed=True, qkv_bias=False, out_bias=False,
+                                    mlp_bias=False),
+    "swiglu_rope": ModelConfig(**GPT2, activation="swiglu", positional="rope"),  # MLP re-run whole
+    "no_layernorm": ModelConfig(**GPT2, layernorm=False, activation="gelu"),
+    "attn_only": ModelConfig(**GPT2, attn_only=True),
+    "classifier_rope": ModelConfig(head="classifier", d_in=6, n_labels=4, positional="rope", n_layers=2, d_model=16,
+                                   n_heads=2, n_ctx=8),
+    "regression": ModelConfig(head="regression", d_in=4, n_layers=2, d_model=16, n_heads=2, n_ctx=16),
+}
+
+
+def random_model(config, seed=0, scale=0.4):
+    rng = np.random.default_rng(seed)
+    shaped = eqx.filter_eval_shape(build_model, config)
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), s.dtype), shaped)
+
+
+def probe_for(config):
+    rng = np.random.default_rng(1)
+    if config.head == "classifier":
+        return scalars.from_classifier_arrays(rng.normal(size=(5, 3, 6)), rng.integers(0, 4, size=(5, 3)),
+                                              rng.integers(0, 2, size=5), name="icl")
+    if config.head == "regression":
+        return scalars.from_regression_arrays(rng.normal(size=(5, 4, 3)), rng.normal(size=(5, 4)))
+    return scalars.repeated_tokens(seed=0, batch=4, T=5, vocab_size=config.vocab_size)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_residual_identity_equals_cache_rerun(name):
+    config = CONFIGS[name]
+    model, probe = random_model(config), probe_for(config)
+
+    @jax.jit
+    def both(model):
+        clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
+        out = {}
+        for ablation in ("zero", "mean"):
+            out["fast", ablation] = fa.head_ablation_metrics(model, probe, clean, ablation=ablation)
+            out["cache", ablation] = iv.head_ablation_metrics(model, probe, clean, ablation=ablation)
+        return out
+
+    out = both(model)
+    for ablation in ("zero", "mean"):
+        for i, what in enumerate(("loss", "accuracy")):
+            np.testing.assert_allclose(np.asarray(out["fast", ablation][i]), np.asarray(out["cache", ablation][i]),
+                                       rtol=1e-5, atol=1e-5, err_msg=f"{name} {ablation} {what}")
+    assert out["fast", "zero"][0].shape == (config.n_layers, config.n_heads)
+
+
+def test_vmap_heads_equals_lax_map():
+    config = CONFIGS["gpt2"]
+    model, probe = random_model(config, seed=3), probe_for(config)
+    clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
+    by_map = fa.head_ablation_metrics(model, probe, clean, head_batching="map")
+    by_vmap = fa.head_ablation_metrics(model, probe, clean, head_batching="vmap")
+    np.testing.assert_allclose(np.asarray(by_map[0]), np.asarray(by_vmap[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_run_blocks_equals_forward_from():
+    config = CONFIGS["swiglu_rope"]
+    model, probe = random_model(config, seed=4), probe_for(config)
+    clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
+    resid = clean["layer_outputs"][1]["resid_pre"]
+    want = jax.vmap(lambda r: model.forward_from(1, r)["ln_final_output"]["out"])(resid)
+    got = model.ln_final(fa.run_blocks(model, 1, resid))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_attention_blocks_equal_one_softmax():
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 70, 4)), jnp.float32) for _ in range(3))  # 2 query blocks
+    scores = jnp.einsum("bhqe,bhke->bhqk", q, k) / 2.0
+    scores = jnp.where(jnp.tril(jnp.ones((70, 70), bool)), scores, -jnp.inf)
+    want = jnp.einsum("bhqk,bhke->bhqe", jax.nn.softmax(scores, -1), v)
+    np.testing.assert_allclose(np.asarray(fa._causal_attention(q, k, v)), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_dead_head_changes_nothing_exactly():
+    config = CONFIGS["gpt2"]
+    model = random_model(config, seed=5)
+    model = eqx.tree_at(lambda m: m.blocks[0].attn.W_O, model, model.blocks[0].attn.W_O.at[1].set(0.0))
+    probe = probe_for(config)
+    clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
+    loss, acc = jax.jit(lambda m, c: fa.head_ablation_metrics(m, probe, c))(model, clean)
+    clean_loss, clean_acc = jax.jit(lambda c: iv.probe_metrics(c["logits"], probe))(clean)
+    assert float(loss[0, 1]) == float(clean_loss) and float(acc[0, 1]) == float(clean_acc)
+    assert float(loss[0, 0]) != float(clean_loss)
+
+
+def test_leading_mean_is_the_mean():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 5, 2)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(leading_mean(x)), np.asarray(x.mean(0)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(leading_mean(x, 2)), np.asarray(x.mean((0, 1))), rtol=1e-6, atol=1e-7)
