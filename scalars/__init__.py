@@ -16,14 +16,22 @@ from ._engine import ComputePlan as ComputePlan
 from ._engine import ComputeReport as ComputeReport
 from ._engine import compute_run as compute_run
 from ._engine import compute_runs as compute_runs
+from ._batch import compute_batch as compute_batch
 from ._engine import plan_compute as plan_compute
 from ._run_probes import build_run_probe as build_run_probe
 from ._steps import select_steps as select_steps
 from ._naive import naive_compute as naive_compute
+from ._pairs import PairProbe as PairProbe
+from ._pairs import classifier_label_swap_pair as classifier_label_swap_pair
+from ._pairs import induction_pair as induction_pair
+from ._pairs import pair_from_arrays as pair_from_arrays
+from ._pairs import pair_from_npy as pair_from_npy
+from ._patch_naive import naive_patching as naive_patching
 from ._probes import Probe as Probe
 from ._probes import detect_repeat_length as detect_repeat_length
 from ._probes import from_classifier_arrays as from_classifier_arrays
 from ._probes import from_npy as from_npy
+from ._probes import from_regression_arrays as from_regression_arrays
 from ._probes import from_tokens as from_tokens
 from ._probes import repeated_tokens as repeated_tokens
 from ._registry import DEFAULT_PROBES as DEFAULT_PROBES
@@ -45,8 +53,10 @@ __all__ = [
     "dims", "register", "unregister", "get_type", "list_types", "load_plugin", "load_entry_point_plugins",
     "DerivedScalarType", "type_shape", "type_coords", "type_attrs", "resolve_options", "probe_name", "DEFAULT_PROBES",
     "ENTRY_POINT_GROUP", "Probe", "repeated_tokens", "from_tokens", "from_npy", "from_classifier_arrays",
+    "from_regression_arrays",
     "detect_repeat_length",
     "Context", "ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_probe", "stack_params",
-    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "plan_compute",
+    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "plan_compute",
     "build_run_probe", "select_steps",
+    "PairProbe", "induction_pair", "classifier_label_swap_pair", "pair_from_arrays", "pair_from_npy", "naive_patching",
 ]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._icl_types import induction_strengths
 from ._registry import register
 
 __all__ = [
@@ -151,23 +152,22 @@ def head_detector_score(model, probe, clean, ctx):
     return jnp.stack([jax.vmap(one)(p, dets).mean(0) for p in ctx.patterns()])
 
 
-@register("induction_strength", dims=("layer", "head"), probe="icl_dynamics", requires="classifier", units=PROB,
+@register("induction_strength", dims=("layer", "head"), probe="default", requires="classifier", units=PROB,
           description="icl-dynamics: mean over probe sequences (A la B lb Q) of A[query, correct label] - "
-                      "A[query, wrong label]; correct label at 2*ci+1, wrong at 2*(1-ci)+1 (ci = correct_index)")
+                      "A[query, wrong label]; correct label at 2*ci+1, wrong at 2*(1-ci)+1 (ci = correct_index). "
+                      "Other classifier probes: attention on the label tokens of the items matching the query "
+                      "(class, else label) minus |match|/|other| times that on the other items' label tokens")
 def induction_strength(model, probe, clean, ctx):
-    if "correct_index" not in probe.arrays or probe.seq_len != 5:
-        raise ValueError(
-            f"induction_strength needs a probe of two context pairs and a query (5 positions) with a "
-            f"correct_index array; probe '{probe.name}' has {probe.seq_len} positions and arrays {sorted(probe.arrays)}"
-        )
-    ci = probe.arrays["correct_index"]
-    b = jnp.arange(ci.shape[0])
-    correct, wrong = 2 * ci + 1, 2 * (1 - ci) + 1
-    out = []
-    for p in ctx.patterns():  # (B, H, S, S)
-        q = p[:, :, -1, :]  # query row (B, H, S)
-        out.append((q[b, :, correct] - q[b, :, wrong]).mean(0))
-    return jnp.stack(out)
+    if "correct_index" in probe.arrays and probe.seq_len == 5:  # the paper's probe, as its notebook computes it
+        ci = probe.arrays["correct_index"]
+        b = jnp.arange(ci.shape[0])
+        correct, wrong = 2 * ci + 1, 2 * (1 - ci) + 1
+        out = []
+        for p in ctx.patterns():  # (B, H, S, S)
+            q = p[:, :, -1, :]  # query row (B, H, S)
+            out.append((q[b, :, correct] - q[b, :, wrong]).mean(0))
+        return jnp.stack(out)
+    return induction_strengths(ctx.patterns(), probe)
 
 
 def _reconstituted(probe, ctx, side: str, name: str):

@@ -30,7 +30,7 @@ __all__ = ["ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_prob
            "stack_params"]
 
 ProbeArg = Probe | Mapping[str, Probe]
-_HEAD_WORDS = {"lm": "token language model", "classifier": "sequence classifier"}
+_HEAD_WORDS = {"lm": "token language model", "classifier": "sequence classifier", "regression": "regression model"}
 
 
 def select_probe(

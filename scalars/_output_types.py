@@ -47,13 +47,19 @@ def logit_lens_loss(model, probe, clean, ctx):
 
 def direct_logit_attributions(model, probe, clean: dict) -> Float[Array, "layer head"]:
     """Each head's result, centered and divided by the clean final-LN scale (frozen) and times
-    the LN gain, dotted with W_U[:, correct] - mean_v W_U[:, v]; mean over positions, sequences."""
+    the LN gain, dotted with W_U[:, correct] - mean_v W_U[:, v] (regression probes: with W_U[:, 0],
+    the prediction, at the x tokens); mean over positions, sequences."""
     W_U = model.unembed_matrix  # (d, V)
-    if probe.kind == "tokens":
-        correct, positions = probe.arrays["tokens"][:, 1:], slice(0, -1)
+    if probe.kind == "regression":  # one output: the direct effect on the prediction, at the x tokens
+        ys = probe.arrays["ys"]
+        positions = slice(0, None, 2)
+        direction = jnp.broadcast_to(W_U[:, 0], (*ys.shape, W_U.shape[0]))
     else:
-        correct, positions = probe.arrays["labels"][:, -1:], slice(-1, None)
-    direction = W_U.T[correct] - W_U.mean(1)  # (B, P, d)
+        if probe.kind == "tokens":
+            correct, positions = probe.arrays["tokens"][:, 1:], slice(0, -1)
+        else:
+            correct, positions = probe.arrays["labels"][:, -1:], slice(-1, None)
+        direction = W_U.T[correct] - W_U.mean(1)  # (B, P, d)
     ln = model.ln_final
     out = []
     for layer_out in clean["layer_outputs"]:

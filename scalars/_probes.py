@@ -3,7 +3,8 @@
 A probe is a name, a dict of numpy arrays and JSON-able metadata. Token probes hold
 `tokens` (B, S) int32; classifier probes hold `examples` (B, P, d_in) float32 and `labels`
 (B, P) int32 (the last label is the query's target, never fed in) and optionally
-`correct_index` (B,). `content_hash` (sha256 over array names, dtypes, shapes, bytes and the
+`correct_index` (B,); regression probes hold `xs` (B, K, D) and `ys` (B, K) float32 and
+optionally the Bayes baselines' predictions `ridge`, `dmmse` (B, K). `content_hash` (sha256 over array names, dtypes, shapes, bytes and the
 metadata) is stored with every result computed on the probe.
 """
 
@@ -23,10 +24,12 @@ import numpy as np
 if TYPE_CHECKING:
     from trainer.model import ModelConfig
 
-__all__ = ["Probe", "repeated_tokens", "from_tokens", "from_npy", "from_classifier_arrays", "detect_repeat_length"]
+__all__ = ["Probe", "repeated_tokens", "from_tokens", "from_npy", "from_classifier_arrays", "from_regression_arrays",
+           "detect_repeat_length"]
 
 TOKENS = "tokens"
 CLASSIFIER = "classifier"
+REGRESSION = "regression"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,34 +44,45 @@ class Probe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "arrays", _pytypes.MappingProxyType(dict(self.arrays)))
         object.__setattr__(self, "metadata", _pytypes.MappingProxyType(dict(self.metadata)))
-        if "tokens" not in self.arrays and not {"examples", "labels"} <= set(self.arrays):
+        if "tokens" not in self.arrays and not {"examples", "labels"} <= set(self.arrays) \
+                and not {"xs", "ys"} <= set(self.arrays):
             raise ValueError(
-                f"probe '{self.name}' needs a 'tokens' array (token models) or 'examples' and 'labels' "
-                f"arrays (classifiers), got {sorted(self.arrays)}"
+                f"probe '{self.name}' needs a 'tokens' array (token models), 'examples' and 'labels' "
+                f"arrays (classifiers) or 'xs' and 'ys' arrays (regression), got {sorted(self.arrays)}"
             )
 
     @property
     def kind(self) -> str:
-        """'tokens' or 'classifier'."""
-        return TOKENS if "tokens" in self.arrays else CLASSIFIER
+        """'tokens', 'classifier' or 'regression'."""
+        if "tokens" in self.arrays:
+            return TOKENS
+        return REGRESSION if "xs" in self.arrays else CLASSIFIER
 
     @property
     def inputs(self):
-        """What the model's forward takes, batched: tokens (B, S) or {"examples", "labels"}."""
+        """What the model's forward takes, batched: tokens (B, S), {"examples", "labels"} or {"xs", "ys"}."""
         if self.kind == TOKENS:
             return self.arrays["tokens"]
+        if self.kind == REGRESSION:
+            return {"xs": self.arrays["xs"], "ys": self.arrays["ys"]}
         return {"examples": self.arrays["examples"], "labels": self.arrays["labels"]}
 
     @property
     def batch_size(self) -> int:
-        return int(self.arrays["tokens" if self.kind == TOKENS else "labels"].shape[0])
+        return int(self.arrays[{TOKENS: "tokens", CLASSIFIER: "labels", REGRESSION: "ys"}[self.kind]].shape[0])
 
     @property
     def seq_len(self) -> int:
-        """Positions the model sees: S for tokens, 2P-1 for P classifier items."""
+        """Positions the model sees: S for tokens, 2P-1 for P classifier items or K regression pairs."""
         if self.kind == TOKENS:
             return int(self.arrays["tokens"].shape[1])
-        return 2 * int(self.arrays["labels"].shape[1]) - 1
+        return 2 * int(self.arrays["ys" if self.kind == REGRESSION else "labels"].shape[1]) - 1
+
+    @property
+    def n_pos(self) -> int:
+        """Length of the `pos` dim: every sequence position, except regression probes, whose K
+        predictions (context positions k = 0..K-1, at the x tokens) are the positions."""
+        return int(self.arrays["ys"].shape[1]) if self.kind == REGRESSION else self.seq_len
 
     @functools.cached_property
     def content_hash(self) -> str:
@@ -87,17 +101,19 @@ class Probe:
 
     def check(self, config: "ModelConfig") -> None:
         """Raise ValueError if this probe cannot be fed to a model with `config`."""
-        want = TOKENS if config.head == "lm" else CLASSIFIER
+        want = {"lm": TOKENS, "classifier": CLASSIFIER, "regression": REGRESSION}[config.head]
         if self.kind != want:
-            raise ValueError(
-                f"probe '{self.name}' holds {self.kind} inputs but the model is a "
-                f"{'token language model' if want == TOKENS else 'sequence classifier'}; use a "
-                f"{want} probe"
-            )
+            model = {TOKENS: "token language model", CLASSIFIER: "sequence classifier",
+                     REGRESSION: "regression model"}[want]
+            raise ValueError(f"probe '{self.name}' holds {self.kind} inputs but the model is a {model}; use a {want} probe")
         if config.positional == "learned" and self.seq_len > config.n_ctx:
             raise ValueError(f"probe '{self.name}' has sequences of length {self.seq_len}, longer than the model's n_ctx={config.n_ctx}")
         if self.kind == TOKENS:
             _check_token_range(np.asarray(self.arrays["tokens"]), config.vocab_size, f"probe '{self.name}'")
+        elif self.kind == REGRESSION:
+            if np.shape(self.arrays["xs"])[-1] + 1 != config.d_in:
+                raise ValueError(f"probe '{self.name}' has x of size {np.shape(self.arrays['xs'])[-1]}, the model "
+                                 f"expects d_in - 1 = {config.d_in - 1}")
         else:
             ex, lab = np.asarray(self.arrays["examples"]), np.asarray(self.arrays["labels"])
             if ex.shape[-1] != config.d_in:
@@ -206,4 +222,23 @@ def from_classifier_arrays(
         arrays["correct_index"] = ci.astype(np.int32)
     for key, value in extra.items():
         arrays[key] = np.asarray(value)
+    return Probe(name, arrays, dict(metadata or {}))
+
+
+def from_regression_arrays(xs, ys, *, name: str = "regression", metadata: Mapping[str, Any] | None = None,
+                           **extra) -> Probe:
+    """A regression probe: `xs` (B, K, D), `ys` (B, K) and optional per-position arrays such as the
+    baselines' predictions `ridge`, `dmmse` (B, K); every array is kept and hashed."""
+    x, y = np.asarray(xs, np.float32), np.asarray(ys, np.float32)
+    if x.ndim != 3 or y.shape != x.shape[:2]:
+        raise ValueError(f"regression probe '{name}': xs must be (batch, K, D) and ys (batch, K), got {x.shape} "
+                         f"and {y.shape}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"regression probe '{name}' needs at least one sequence of one pair, got xs {x.shape}")
+    arrays: dict[str, np.ndarray] = {"xs": x, "ys": y}
+    for key, value in extra.items():
+        value = np.asarray(value, np.float32)
+        if value.shape[:1] != (x.shape[0],):
+            raise ValueError(f"regression probe '{name}': array '{key}' must have {x.shape[0]} rows, got {value.shape}")
+        arrays[key] = value
     return Probe(name, arrays, dict(metadata or {}))

@@ -43,8 +43,13 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "derived_scalars.types"
 # the probe a type declared with probe="default" uses, per model head
-DEFAULT_PROBES = {"lm": "repeated_tokens", "classifier": "icl"}
-HEADS = ("lm", "classifier")
+DEFAULT_PROBES = {"lm": "repeated_tokens", "classifier": "icl", "regression": "regression"}
+# the probe a type declared with probe="default_train" uses: the run's training distribution where
+# there is one (SGLD estimators); DEFAULT_PROBES otherwise
+DEFAULT_TRAIN_PROBES = {"regression": "regression_pool"}
+# the paired probe a type declared with probe="default_pair" uses (patching types)
+DEFAULT_PAIR_PROBES = {"lm": "induction_pair", "classifier": "label_swap_pair"}
+HEADS = ("lm", "classifier", "regression")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 
@@ -54,8 +59,12 @@ class DerivedScalarType:
 
     `probe` names the probe the type reads (`"default"`: the run's default probe for its head,
     see `DEFAULT_PROBES`; None: a weight-only type that needs no forward). `requires` is the
-    model head it needs ("lm", "classifier" or None for both). `options` are the type's own
-    settings with their defaults; `sizes` gives lengths of dims the engine cannot size itself.
+    model head it needs ("lm", "classifier", "regression" or None for any). `options` are the
+    type's own settings with their defaults; `sizes` gives lengths of dims the engine cannot size
+    itself. `opt_in` types (costly estimators such as SGLD) are computed only when named, never by
+    `--all`. `check(step, value, options)` may return one sentence about a computed cell (e.g. why
+    it is NaN); the engine reports it as a warning. `validate(options, probe)` raises ValueError for
+    bad option values when the request is planned, before anything is computed or stored.
     """
 
     name: str
@@ -68,6 +77,9 @@ class DerivedScalarType:
     requires: str | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    opt_in: bool = False
+    check: Callable[[int, Any, Mapping[str, Any]], str | None] | None = None
+    validate: Callable[[Mapping[str, Any], Any], None] | None = None
 
     def __repr__(self) -> str:
         return f"DerivedScalarType({self.name!r}, dims={self.dims}, probe={self.probe!r})"
@@ -93,7 +105,7 @@ def _validate(dst: DerivedScalarType) -> None:
                 f"(or give its size with sizes={{{d!r}: N}})"
             )
     if dst.requires not in (None, *HEADS):
-        raise ValueError(f"type '{name}': requires must be None, 'lm' or 'classifier', got {dst.requires!r}")
+        raise ValueError(f"type '{name}': requires must be None, 'lm', 'classifier' or 'regression', got {dst.requires!r}")
     if dst.probe is not None and (not isinstance(dst.probe, str) or not dst.probe):
         raise ValueError(f"type '{name}': probe must be a probe name, 'default' or None, got {dst.probe!r}")
     if not isinstance(dst.version, int) or dst.version < 1:
@@ -111,6 +123,9 @@ def register(
     requires: str | None = None,
     options: Mapping[str, Any] | None = None,
     sizes: Mapping[str, int] | None = None,
+    opt_in: bool = False,
+    check: Callable[[int, Any, Mapping[str, Any]], str | None] | None = None,
+    validate: Callable[[Mapping[str, Any], Any], None] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator registering `fn(model, probe, clean, ctx) -> array` as the type `name`.
 
@@ -122,7 +137,8 @@ def register(
         dst = DerivedScalarType(
             name=name, fn=fn, dims=tuple(dims), description=description, probe=probe, units=units,
             version=version, requires=requires, options=_pytypes.MappingProxyType(dict(options or {})),
-            sizes=_pytypes.MappingProxyType(dict(sizes or {})),
+            sizes=_pytypes.MappingProxyType(dict(sizes or {})), opt_in=bool(opt_in), check=check,
+            validate=validate,
         )
         _validate(dst)
         if name in _REGISTRY:
@@ -175,6 +191,10 @@ def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:
     """The probe `dst` reads for a model with this config (None for weight-only types)."""
     if dst.probe == "default":
         return DEFAULT_PROBES[config.head]
+    if dst.probe == "default_pair":
+        return DEFAULT_PAIR_PROBES[config.head]
+    if dst.probe == "default_train":
+        return DEFAULT_TRAIN_PROBES.get(config.head, DEFAULT_PROBES[config.head])
     return dst.probe
 
 

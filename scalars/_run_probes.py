@@ -4,8 +4,13 @@ Names: `repeated_tokens` (token runs: BOS + T random tokens repeated; options
 `repeated_tokens:batch=16,T=32,seed=0`), `icl` / `iwl` / `icl_train` / `fsl_*` (a classifier
 run's evaluation sets, regenerated from its task config and eval seed), `icl_dynamics` (the
 paper's probe set: every ordered pair of training classes x training relabelings x query
-item), `default` (repeated_tokens for token runs; icl_dynamics or icl for classifiers), or a
-path to a `.npy` token array / `.npz` classifier arrays.
+item), `regression` / `regression_pool` (a regression run's fresh-Gaussian-task and
+training-task sequences with the ridge and dMMSE predictions; options `batch=512,seed=<eval seed>`),
+`default` (repeated_tokens for token runs; icl_dynamics or icl for classifiers; regression for
+regression runs), `default_train` (regression_pool for regression runs, else `default`), or a path to a `.npy` token array / `.npz` classifier or regression arrays.
+`NAME:stride=K` keeps every K-th sequence of any of them (`icl_dynamics:stride=16`).
+Paired probes for patching (`induction_pair`, `label_swap_pair`, `default_pair`, `CLEAN.npy,CORRUPT.npy`,
+a `.npz` with `corrupt_tokens`) come from `_run_pairs.build_run_pair`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import numpy as np
 
 from trainer.model import ModelConfig
 
-from ._probes import Probe, from_classifier_arrays, from_npy, from_tokens, repeated_tokens
+from ._icl_probes import split_stride, stored_icl_dynamics_probe, take_every
+from ._probes import Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, repeated_tokens
+from ._run_pairs import build_run_pair, default_pair_name
 
 EVAL_SET_SIZE = 512
 PROBE_DIR = "probes"  # RUN_DIR/probes/<name>.npz: probe arrays stored with the run (e.g. at import)
@@ -42,11 +49,19 @@ def _is_classifier_icl_dynamics(info: dict) -> bool:
 
 
 def resolve_probe_name(name: str, info: dict, config: ModelConfig) -> str:
-    """The concrete probe name for `default`; other names unchanged."""
+    """The concrete probe name for `default` (and `default_pair`); other names unchanged."""
+    if name == "default_pair":
+        return default_pair_name(config)
+    if name == "default_train":  # the training distribution where a probe has it (SGLD estimators)
+        if config.head == "regression":
+            return "regression_pool"
+        name = "default"
     if name != "default":
         return name
     if config.head == "lm":
         return "repeated_tokens"
+    if config.head == "regression":
+        return "regression"
     return "icl_dynamics" if _is_classifier_icl_dynamics(info) else "icl"
 
 
@@ -58,13 +73,25 @@ def _stored_probe(run_dir: Path, name: str) -> Probe | None:
         arrays = {k: data[k] for k in data.files}
     if "tokens" in arrays:
         return from_tokens(arrays["tokens"], name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"})
+    if "xs" in arrays:
+        return from_regression_arrays(name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"}, **arrays)
     return from_classifier_arrays(name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"}, **arrays)
 
 
 def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelConfig) -> Probe:
-    """The probe called `name` for the run in `run_dir` (its run.json content is `info`)."""
+    """The probe called `name` for the run in `run_dir` (its run.json content is `info`);
+    `name:stride=K` keeps every K-th sequence."""
+    name, stride = split_stride(name)
+    probe = _build_run_probe(name, run_dir, info, config)
+    return probe if stride is None else take_every(probe, stride)
+
+
+def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelConfig) -> Probe:
     run_dir = Path(run_dir)
     name = resolve_probe_name(name, info, config)
+    pair = build_run_pair(name, run_dir, info, config)  # induction_pair, label_swap_pair, pair files
+    if pair is not None:
+        return pair
     if name.endswith(".npy"):
         probe = from_npy(name, vocab_size=config.vocab_size if config.head == "lm" else None)
         probe.check(config)
@@ -77,6 +104,8 @@ def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCon
             arrays = {k: data[k] for k in data.files}
         if "tokens" in arrays:
             probe = from_tokens(arrays["tokens"], name=path.stem, metadata={"source": path.name})
+        elif "xs" in arrays:
+            probe = from_regression_arrays(name=path.stem, metadata={"source": path.name}, **arrays)
         else:
             probe = from_classifier_arrays(name=path.stem, metadata={"source": path.name}, **arrays)
         probe.check(config)
@@ -88,7 +117,8 @@ def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCon
         return stored
     if base == "repeated_tokens":
         if config.head != "lm":
-            raise ValueError("probe 'repeated_tokens' needs a token language model; this run is a classifier")
+            raise ValueError(f"probe 'repeated_tokens' needs a token language model; this run's model head is "
+                             f"{config.head!r}")
         task = info.get("config", {}).get("task", {})
         limit = (config.n_ctx - 1) // 2 if config.positional == "learned" else 64
         unknown = set(opts) - {"batch", "T", "seed"}
@@ -98,6 +128,8 @@ def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCon
                                 vocab_size=config.vocab_size, bos=int(task.get("bos_token", 0)))
         probe.check(config)
         return probe
+    if base in REGRESSION_PROBES or config.head == "regression":
+        return _regression_probe(base, opts, run_dir, info, config)
     if config.head != "classifier":
         raise ValueError(f"probe '{base}' is a classifier probe but this run is a token language model; "
                          "use repeated_tokens or a .npy token file")
@@ -109,7 +141,11 @@ def _classifier_probe(base: str, opts: dict, run_dir: Path, info: dict, config: 
     from trainer.tasks import icl_dynamics_probe_for, make_eval_sets
 
     run_config = info.get("config", {})
-    if "task" not in run_config or "train" not in run_config:
+    stored = stored_icl_dynamics_probe(run_dir, info) if base == "icl_dynamics" else None
+    if stored is not None:  # an imported run's own exemplar vectors: no data file needed
+        stored.check(config)
+        return stored
+    if "task" not in run_config:
         raise ValueError(f"run '{run_dir}' stores no task config to rebuild probe '{base}' from; "
                          f"pass a probe file (.npz) or store it as {PROBE_DIR}/{base}.npz")
     task = build_task(run_config)
@@ -126,5 +162,40 @@ def _classifier_probe(base: str, opts: dict, run_dir: Path, info: dict, config: 
         batch = {k: np.asarray(v) for k, v in sets[base].items()}
         probe = from_classifier_arrays(batch["examples"], batch["labels"], name=base,
                                        metadata={"kind": "eval_set", "eval_seed": seed})
+    probe.check(config)
+    return probe
+
+
+REGRESSION_PROBES = {"regression": "gauss", "regression_pool": "pool"}
+
+
+def _regression_probe(base: str, opts: dict, run_dir: Path, info: dict, config: ModelConfig) -> Probe:
+    """`regression` (fresh Gaussian tasks) or `regression_pool` (the run's training tasks), with
+    the ridge and dMMSE predictions, rebuilt from the run's task config and eval seed."""
+    from trainer.tasks import regression_eval_batch
+    from trainer.tasks_runtime import build_task
+
+    if base not in REGRESSION_PROBES:
+        raise ValueError(f"unknown probe '{base}' for a regression run; use {', '.join(REGRESSION_PROBES)} or a "
+                         ".npz file with xs and ys")
+    if config.head != "regression":
+        raise ValueError(f"probe '{base}' needs a regression run (task.kind = regression); this run's model head is "
+                         f"{config.head!r}")
+    unknown = set(opts) - {"batch", "seed"}
+    if unknown:
+        raise ValueError(f"unknown {base} probe option(s) {sorted(unknown)}; use batch, seed")
+    run_config = info.get("config", {})
+    if run_config.get("task", {}).get("kind") != "regression":
+        raise ValueError(f"run '{run_dir}' stores no regression task config to rebuild probe '{base}' from; pass a "
+                         f"probe file (.npz with xs, ys)")
+    task = build_task(run_config)
+    seed = opts.get("seed", int(run_config.get("seeds", {}).get("eval_seed", 0)))
+    batch = opts.get("batch", EVAL_SET_SIZE)
+    if batch < 1:
+        raise ValueError(f"probe option batch={batch} must be a positive number of sequences")
+    arrays = regression_eval_batch(task.cfg, seed, batch, REGRESSION_PROBES[base])
+    meta = {"kind": "regression", "set": REGRESSION_PROBES[base], "eval_seed": seed, "n_tasks": task.cfg.n_tasks,
+            "noise_var": task.cfg.noise_var}
+    probe = from_regression_arrays(name=base, metadata=meta, **arrays)
     probe.check(config)
     return probe

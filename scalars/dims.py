@@ -2,8 +2,9 @@
 
 A type's dims come after `step` (added by the store). Sizes follow from the model config
 (`layer`, `src_layer`, `dst_layer`: n_layers; `head`, `src_head`, `dst_head`: n_heads) or from
-the probe (`pos`: its sequence length); any other dim (`side`, `chain`) needs an explicit size
-from the type (`register(..., sizes={"side": 2})`). Coordinates are `arange(size)`.
+the probe (`pos`: its sequence length; for a regression probe its K prediction positions); any
+other dim (`side`, `chain`) needs an explicit size from the type (`register(..., sizes={"side": 2})`).
+Coordinates are `arange(size)`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from store.dims import (
     SIDE,
     SRC_HEAD,
     SRC_LAYER,
+    STAT,
     STEP,
 )
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "SIDE", "CHAIN",
-    "RUN", "KNOWN_DIMS", "TYPE_DIMS", "dim_size",
+    "STAT", "RUN", "KNOWN_DIMS", "TYPE_DIMS", "dim_size",
 ]
 
 # dims a type may declare: everything but the ones the store adds itself
@@ -60,16 +62,20 @@ def dim_size(
     """Length of `dim` for a model `config` (and `probe`, for `pos`); `sizes` overrides/extends."""
     if sizes and dim in sizes:
         size = sizes[dim]
+        if isinstance(size, (tuple, list)):  # string coordinates, e.g. sizes={"side": ("q", "k", "v")}
+            return len(size)
         return int(size(config) if callable(size) else size)
     if dim in _FROM_CONFIG:
         return _FROM_CONFIG[dim](config)
     if dim == POS:
         if probe is None:
             raise ValueError("the size of dim 'pos' is the probe's sequence length; pass the probe")
-        return probe.seq_len
+        return probe.n_pos
     raise ValueError(f"dim {dim!r} has no known size; give it with register(..., sizes={{{dim!r}: N}})")
 
 
 def dim_coords(dim: str, config: "ModelConfig", probe: "Probe | None" = None, sizes=None) -> np.ndarray:
-    """Integer coordinates `0..size-1` of `dim`."""
+    """Integer coordinates `0..size-1` of `dim`, or the labels a type gave (`sizes={"side": ("q", "k")}`)."""
+    if sizes and isinstance(sizes.get(dim), (tuple, list)):
+        return np.array([str(v) for v in sizes[dim]], dtype=object)
     return np.arange(dim_size(dim, config, probe, sizes), dtype=np.int64)

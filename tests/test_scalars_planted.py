@@ -62,7 +62,9 @@ def distinct_repeats(batch=4, seed=0):
     return scalars.from_tokens(tokens, name="distinct_repeats", T=T, vocab_size=V)
 
 
-LM_TYPES = [t.name for t in scalars.list_types() if t.requires in (None, "lm")]
+# paired-probe (patching) types have their own planted tests in test_patching.py
+LM_TYPES = [t.name for t in scalars.list_types()  # SGLD estimators (opt-in): test_llc.py
+            if t.requires in (None, "lm") and t.probe != "default_pair" and not t.opt_in]
 
 
 @pytest.fixture(scope="module")
