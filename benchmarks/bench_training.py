@@ -3,8 +3,10 @@
 For each preset: optimizer steps per second, from the difference of a long and a short run so
 that compilation and start-up cancel. Overhead: induction-tiny with a checkpoint every 10 steps
 vs only the last step, alternated over rounds in one process; overhead = (dense - sparse) /
-(sparse - fixed start-up cost) (goal <= 5%).
-Usage: python benchmarks/bench_training.py [--steps 400 --rounds 3]
+(sparse - fixed start-up cost) (goal <= 5%). XLA's persistent compilation cache is on (in a temp
+folder, warmed before timing): compiling inside each timed run varied by +-0.5 s from run to run
+and swamped the difference being measured.
+Usage: python benchmarks/bench_training.py [--overhead-steps 400 --rounds 3] [--skip-presets]
 """
 
 from __future__ import annotations
@@ -40,14 +42,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--overhead-steps", type=int, default=400)
+    ap.add_argument("--skip-presets", action="store_true", help="only the write-overhead measurement")
     args = ap.parse_args()
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bench_training_xla_"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     print(f"device={jax.devices()[0].platform}")
-    for preset, steps in PRESET_STEPS.items():
+    for preset, steps in ({} if args.skip_presets else PRESET_STEPS).items():
         short, _ = timed_run(preset, 2, "every:2")
         long, _ = timed_run(preset, steps, f"every:{steps}")
         print(f"{preset:16s} {(steps - 2) / (long - short):8.1f} steps/s (start-up and compile {short:.1f}s)")
     dense, sparse, fixed, busy = [], [], [], []
     n = args.overhead_steps
+    for schedule in ("every:2", f"every:{n}", "every:10"):  # warm the compilation cache
+        timed_run("induction-tiny", 2 if schedule == "every:2" else n, schedule)
     for _ in range(args.rounds):
         fixed.append(timed_run("induction-tiny", 2, "every:2")[0])
         sparse.append(timed_run("induction-tiny", n, f"every:{n}")[0])

@@ -214,9 +214,9 @@ class ArchiveWriter(_Archive):
         slot = int(self._steps.size)
         if slot >= self.capacity:
             self._grow(slot + 1)
-        zio.write_many([(self._leaves[n], slot, v) for n, v in values.items()])
+        zio.write_leading_chunks(self.root, [(self._leaves[n], slot, v) for n, v in values.items()])
         crcs = np.array([leaf_crc32(values[n]) for n in self._specs], dtype=np.uint32)
-        self._sum_arr[slot] = crcs
+        zio.write_leading_chunks(self.root, [(self._sum_arr, slot, crcs)])
         self._commit(slot, step)
         self._steps = np.append(self._steps, np.int64(step))
 

@@ -52,6 +52,16 @@ def _to_host(tree) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in jax.device_get(named_leaves(tree)).items()}
 
 
+def _lower_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux; elsewhere a no-op). XLA splits each
+    op of a train step over all cores, so a writer holding one core stalls the whole step; at low
+    priority it takes the idle moments between ops instead (measured in benchmarks/RESULTS.md)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 class _Writer(threading.Thread):
     """Background writer: metrics rows, resume state and checkpoints, strictly in submission order."""
 
@@ -63,6 +73,7 @@ class _Writer(threading.Thread):
         self.busy_s = 0.0
 
     def run(self) -> None:
+        _lower_priority()
         while True:
             job = self.jobs.get()
             if job is None:
