@@ -210,6 +210,13 @@ def write_many(items: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
     sync(run())
 
 
+def write_chunk_file(path: str, data: bytes) -> None:
+    """Write one chunk file (its folders made as needed); an OSError (e.g. ENOSPC) propagates."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def write_leading_chunks(root: str | os.PathLike[str], items: Sequence[tuple[zarr.Array, int, np.ndarray]]) -> None:
     """Write ``array[i] = value`` for arrays chunked ``(1, *array.shape[1:])`` in the local store at
     ``root``. Where a chunk is stored as its plain bytes (one little-endian bytes codec, no
@@ -226,9 +233,7 @@ def write_leading_chunks(root: str | os.PathLike[str], items: Sequence[tuple[zar
             continue
         dtype = np.dtype(array.dtype).newbyteorder("<")
         path = chunk_file(root, array, (int(index), *(0 for _ in array.shape[1:])))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(np.ascontiguousarray(value, dtype=dtype).tobytes())
+        write_chunk_file(path, np.ascontiguousarray(value, dtype=dtype).tobytes())
     if through_zarr:
         write_many(through_zarr)
 

@@ -96,6 +96,14 @@ async def set(self, key, value):
         raise OSError(errno.ENOSPC, "No space left on device", key)
     return await original(self, key, value)
 zarr.storage.LocalStore.set = set
+import store._zarr_io as zio  # whole checkpoint chunks are written as files directly
+original_file = zio.write_chunk_file
+def write_chunk_file(path, data):
+    calls["n"] += 1
+    if calls["n"] > limit:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    return original_file(path, data)
+zio.write_chunk_file = write_chunk_file
 from cli.app import app
 sys.argv = ["scalars", *sys.argv[2:]]
 app()
