@@ -55,8 +55,8 @@ def over_steps(ds: xr.Dataset, name: str, max_rows: int = 20, max_columns: int =
     pick = np.unique(np.linspace(0, len(steps) - 1, min(max_rows, len(steps))).astype(int))
     n_cells = int(np.prod([da.sizes[d] for d in dims])) if dims else 1
     if dims and dims != ["layer", "head"] and n_cells > max_columns:
-        stacked = np.asarray(da.stack(c=dims).values, np.float64)
-        cells = da.stack(c=dims).c.values
+        flat = da.stack(c=dims)
+        stacked, cells = np.asarray(flat.values, np.float64), flat.c.values
         rows = []
         for i in pick:
             row = stacked[i]

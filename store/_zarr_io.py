@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
@@ -226,7 +227,7 @@ def write_leading_chunks(root: str | os.PathLike[str], items: Sequence[tuple[zar
     through_zarr = []
     for array, index, value in items:
         codecs = array.metadata.codecs
-        plain = (len(codecs) == 1 and type(codecs[0]).__name__ == "BytesCodec"
+        plain = (len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
                  and tuple(array.chunks) == (1, *array.shape[1:]) and np.shape(value) == tuple(array.shape[1:]))
         if not plain:
             through_zarr.append((array, index, value))

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import scalars
 import store
 from cli.app import app
+from conftest import TINY_OVERRIDES
 from trainer.hf_gpt2 import check_gpt2_compatible, export_hf, import_hf
 from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves
 
@@ -112,11 +113,7 @@ def test_c_attn_columns_are_q_k_v_with_heads_contiguous(tmp_path):
     assert np.array_equal(t["h.0.attn.c_proj.weight"][4:8], leaves["blocks.0.attn.W_O"][1])
 
 
-GPT2_OVERRIDES = [
-    "model.d_model=32", "model.n_heads=2", "task.seq_len=24", "task.segment_len_min=4", "task.segment_len_max=8",
-    "train.steps=40", "train.batch_size=8", "train.eval_every=20", "train.eval_size=16", "train.log_every=5",
-    "checkpoints.schedule=every:10",
-]
+GPT2_OVERRIDES = [*TINY_OVERRIDES, "train.steps=40"]  # the tiny run's shape, 40 steps (the last --set wins)
 
 
 @pytest.fixture(scope="module")
