@@ -43,12 +43,8 @@ def show_command(
     dims = tuple(d for d in ds[type_].dims if d != "step")
     if dims == ("layer", "head"):
         at = nearest_step(ds, step)
-        table = Table(title=f"{type_} at step {at}: top {top} heads")
-        for col in ("layer", "head", type_):
-            table.add_column(col, justify="right")
-        for layer, head, value in top_heads(ds, type_, at, top):
-            table.add_row(str(layer), str(head), f"{value:.4f}")
-        console.print(table)
+        rows = [[str(layer), str(head), f"{value:.4f}"] for layer, head, value in top_heads(ds, type_, at, top)]
+        _print_table(f"{type_} at step {at}: top {top} heads", ["layer", "head", type_], rows)
     elif dims:
         at = nearest_step(ds, step)
         header, rows = top_cells(ds, type_, at, top)
