@@ -53,14 +53,19 @@ def create_array(
     dimension_names: Sequence[str] | None = None,
     attributes: dict[str, Any] | None = None,
     compress: bool = True,
+    flat_chunks: bool = False,
     overwrite: bool = False,
 ) -> zarr.Array:
-    """Create an unsharded array; ``compress`` uses zstd with a content checksum (detects bit rot)."""
+    """Create an unsharded array; ``compress`` uses zstd with a content checksum (detects bit rot).
+    ``flat_chunks`` names chunk files ``c.I.J`` in the array's folder instead of nested folders
+    ``c/I/J``: appending a chunk then creates one file and no folders (a folder per chunk cost most
+    of a small checkpoint's write time)."""
     compressors = (ZstdCodec(level=3, checksum=True),) if compress else None
     return group.create_array(
         name, shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=fill_value,
         compressors=compressors, dimension_names=None if dimension_names is None else list(dimension_names),
         attributes=attributes or {}, config=_ARRAY_CONFIG, overwrite=overwrite,
+        chunk_key_encoding={"name": "default", "separator": "." if flat_chunks else "/"},
     )
 
 
@@ -100,8 +105,6 @@ def _plain_layout(array: zarr.Array) -> tuple[str, np.dtype, bool] | None:
     if (getattr(md, "zarr_format", None) != 3 or not isinstance(array.store, LocalStore)
             or not codecs or not isinstance(codecs[0], BytesCodec)
             or not (len(codecs) == 1 or (len(codecs) == 2 and isinstance(codecs[1], ZstdCodec)))
-            or getattr(md.chunk_key_encoding, "name", "") != "default"
-            or getattr(md.chunk_key_encoding, "separator", "") != "/"
             or array.ndim == 0 or tuple(array.chunks) != (1, *array.shape[1:])):
         return None
     endian = codecs[0].endian
@@ -113,7 +116,8 @@ def _plain_layout(array: zarr.Array) -> tuple[str, np.dtype, bool] | None:
 def _read_slot(array: zarr.Array, folder: str, disk_dtype: np.dtype, zstd: bool, slot: int,
                missing_ok: bool = True) -> np.ndarray:
     rest = tuple(array.shape[1:])
-    path = os.path.join(folder, "c", str(slot), *("0" for _ in rest))
+    key = array.metadata.encode_chunk_key((slot, *(0 for _ in rest)))
+    path = os.path.join(folder, *key.split("/"))
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -213,8 +217,12 @@ def write_many(items: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
 
 def write_chunk_file(path: str, data: bytes) -> None:
     """Write one chunk file (its folders made as needed); an OSError (e.g. ENOSPC) propagates."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
+    try:
+        f = open(path, "wb")
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(path, "wb")
+    with f:
         f.write(data)
 
 

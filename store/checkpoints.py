@@ -1,6 +1,7 @@
 """Checkpoint archive ``RUN_DIR/checkpoints.zarr``: one array per leaf, one chunk per checkpoint.
 
-Layout: ``leaves/<key>`` (capacity, *leaf_shape) uncompressed, chunk (1, *leaf_shape);
+Layout: ``leaves/<key>`` (capacity, *leaf_shape) uncompressed, chunk (1, *leaf_shape), chunk
+files ``c.<slot>.0...`` side by side (earlier archives nest them, ``c/<slot>/0``: both read);
 ``checksum`` (capacity, n_leaves) uint32 crc32 per leaf in sorted-name order; ``step``
 (capacity,) int64, fill -1, chunk 1: the commit record, written last. Committed checkpoints are
 the prefix of ``step`` entries != -1; a crash before the ``step`` write leaves the slot free.
@@ -153,12 +154,12 @@ class ArchiveWriter(_Archive):
         for name, (shape, dtype) in specs.items():
             zio.create_array(leaves, keys[name], shape=(cap, *shape), chunks=(1, *(max(1, s) for s in shape)),
                              dtype=dtype, fill_value=0, attributes={"leaf_name": name}, compress=False,
-                             overwrite=True)
+                             flat_chunks=True, overwrite=True)
         zio.create_array(group, "checksum", shape=(cap, len(specs)), chunks=(1, len(specs)), dtype="uint32",
                          fill_value=0, attributes={"algorithm": "crc32", "leaf_order": list(specs)},
-                         compress=False, overwrite=True)
+                         compress=False, flat_chunks=True, overwrite=True)
         zio.create_array(group, "step", shape=(cap,), chunks=(1,), dtype="int64", fill_value=-1,
-                         compress=False, overwrite=True)
+                         compress=False, flat_chunks=True, overwrite=True)
         # the layout attrs are written last: an archive without them is not an archive yet
         group.attrs.update({"kind": "checkpoint_archive",
                             "leaves": [[n, list(s), d, keys[n]] for n, (s, d) in specs.items()]})
@@ -221,7 +222,7 @@ class ArchiveWriter(_Archive):
         self._steps = np.append(self._steps, np.int64(step))
 
     def _commit(self, slot: int, step: int) -> None:
-        self._step_arr[slot] = step
+        zio.write_leading_chunks(self.root, [(self._step_arr, slot, np.int64(step))])
 
     def truncate_after(self, step: int) -> int:
         """Uncommit every checkpoint with step > ``step`` (last first); returns how many were dropped."""

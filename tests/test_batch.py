@@ -22,6 +22,7 @@ from scalars import compute_batch
 from trainer.executor import batch_client
 from trainer.sweep import expand_sweep, run_sweep
 
+from _archive_files import checkpoint_chunk
 from conftest import TINY_OVERRIDES
 
 runner = CliRunner()
@@ -206,7 +207,7 @@ def test_bad_batch_input(sweep_runs, tmp_path):
 
 def test_corrupted_checkpoint_in_a_batch_fails_only_that_step(sweep_runs, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs[:2]]
-    chunk = next((tmp_path / "seed-1" / "checkpoints.zarr" / "leaves").glob("*W_Q*")) / "c" / "2" / "0" / "0" / "0"
+    chunk = checkpoint_chunk(tmp_path / "seed-1", "*W_Q*", 2)
     data = bytearray(chunk.read_bytes())
     data[10] ^= 0xFF
     chunk.write_bytes(bytes(data))

@@ -19,6 +19,7 @@ from scalars import compute_run
 from trainer.config import resolve_config
 from trainer.train import train
 
+from _archive_files import checkpoint_chunk
 from conftest import TINY_OVERRIDES
 
 SUITE = ["induction_score", "prev_token_score", "ablated_loss"]
@@ -35,17 +36,12 @@ def archives_equal(a, b) -> bool:
     return all(np.array_equal(ra.load(int(s))[n], rb.load(int(s))[n]) for s in ra.steps for n in ra.leaf_names)
 
 
-def chunk_file(run: Path, leaf_glob: str, step_slot: int) -> Path:
-    root = next((run / "checkpoints.zarr" / "leaves").glob(leaf_glob))
-    return next(p for p in (root / "c").rglob("*") if p.is_file() and p.relative_to(root / "c").parts[0] == str(step_slot))
-
-
 # ---------------------------------------------------------------- corruption of stored chunks
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_verify_names_step_and_array_of_a_damaged_checkpoint_chunk(tiny_run, copy_run, damage):
     run = copy_run(tiny_run)
-    path = chunk_file(run, "*blocks.1.attn.W_K*", 3)  # slot 3 = step 30
+    path = checkpoint_chunk(run, "*blocks.1.attn.W_K*", 3)  # slot 3 = step 30
     data = path.read_bytes()
     if damage == "flip":
         path.write_bytes(data[:20] + bytes([data[20] ^ 0x55]) + data[21:])
@@ -70,7 +66,7 @@ def test_verify_names_a_damaged_scalar_cell(tiny_run, copy_run):
 def test_resume_refuses_a_corrupted_latest_checkpoint_and_offers_the_previous(tiny_run, copy_run):
     run = copy_run(tiny_run)
     assert store.resume_steps(run) == [50, 60]  # the last two checkpoints keep their optimizer state
-    path = chunk_file(run, "*W_U*", 6)  # slot 6 = step 60, the latest
+    path = checkpoint_chunk(run, "*W_U*", 6)  # slot 6 = step 60, the latest
     path.write_bytes(bytes([path.read_bytes()[0] ^ 1]) + path.read_bytes()[1:])
     before = sorted(p.name for p in (run / "checkpoints.zarr").rglob("*"))
     res = cli("train", "--resume", str(run), "-q")

@@ -40,7 +40,8 @@ def _chunk(run: str, leaf: str, slot: int) -> str:
     folder = os.path.join(run, "checkpoints.zarr", "leaves")
     (key,) = [k for k in os.listdir(folder) if os.path.isdir(os.path.join(folder, k))
               and zarr.open_array(os.path.join(folder, k)).attrs["leaf_name"] == leaf]
-    path = os.path.join(folder, key, "c", str(slot), *("0" for _ in SPECS[leaf][0]))
+    array = zarr.open_array(os.path.join(folder, key))
+    path = os.path.join(folder, key, *array.metadata.encode_chunk_key((slot, *(0 for _ in SPECS[leaf][0]))).split("/"))
     assert os.path.isfile(path)
     return path
 
@@ -94,6 +95,31 @@ def test_archive_round_trip(tmp_path):
     assert all(r.verify_checksum(s) for s in r.steps)
 
 
+def test_archive_chunk_files_are_flat_and_nested_archives_still_read_and_grow(tmp_path, monkeypatch):
+    run = _archive(tmp_path, steps=(0, 10))
+    folder = os.path.join(run, "checkpoints.zarr", "leaves")
+    for key in set(os.listdir(folder)) - {"zarr.json"}:  # one file per checkpoint, no folder per chunk
+        rank = len(SPECS[zarr.open_array(os.path.join(folder, key)).attrs["leaf_name"]][0])
+        assert sorted(os.listdir(os.path.join(folder, key))) == ["c.0" + ".0" * rank, "c.1" + ".0" * rank, "zarr.json"]
+    assert sorted(os.listdir(os.path.join(run, "checkpoints.zarr", "step"))) == ["c.0", "c.1", "zarr.json"]
+
+    # an archive written with nested chunk folders (c/<slot>/0/...) by an earlier version
+    import store._zarr_io as zio
+    nested = zio.create_array
+    monkeypatch.setattr(zio, "create_array", lambda *a, **kw: nested(*a, **{**kw, "flat_chunks": False}))
+    old = _archive(tmp_path / "old", steps=(0, 10), capacity=2)
+    monkeypatch.undo()
+    assert os.path.isdir(os.path.join(old, "checkpoints.zarr", "step", "c"))
+    w = ArchiveWriter(old, SPECS)  # reopened by this version: appends into the same layout
+    for s in (20, 30):
+        w.write_checkpoint(s, _leaves(s))
+    r = open_archive(old)
+    assert r.steps.tolist() == [0, 10, 20, 30]
+    for s in r.steps:
+        assert all(np.array_equal(r.load(s)[n], _leaves(int(s))[n]) for n in SPECS)
+    assert np.array_equal(r.load_block([10, 20, 30])["embed/W_E"], np.stack([_leaves(s)["embed/W_E"] for s in (10, 20, 30)]))
+    assert verify_archive(old) == []
+
 def test_archive_to_xarray_is_lazy(tmp_path):
     run = _archive(tmp_path)
     reader = open_archive(run)
@@ -106,13 +132,16 @@ def test_archive_to_xarray_is_lazy(tmp_path):
     sys.addaudithook(audit)
     try:
         ds = reader.to_xarray()
-        chunk_reads = [p for p in opened if f"{os.sep}c{os.sep}" in p]
+        def is_chunk(path: str) -> bool:
+            return os.path.basename(path).startswith("c.") or f"{os.sep}c{os.sep}" in path
+
+        chunk_reads = [p for p in opened if is_chunk(p)]
         assert not chunk_reads, chunk_reads  # no chunk was read
         var = ds["blocks.0.attn.W_Q"]
         assert var.dims == ("step", "blocks.0.attn.W_Q_dim0", "blocks.0.attn.W_Q_dim1", "blocks.0.attn.W_Q_dim2")
         assert var.chunks is not None and ds.step.values.tolist() == [0, 10, 20, 30, 40]
         assert np.array_equal(var.sel(step=30).values, _leaves(30)["blocks.0.attn.W_Q"])
-        assert [p for p in opened if f"{os.sep}c{os.sep}" in p]  # the hook does see chunk reads
+        assert [p for p in opened if is_chunk(p)]  # the hook does see chunk reads
         assert ds["_count"].dims == ("step",)
     finally:
         watching = False
