@@ -1,10 +1,15 @@
 """Checkpoint archive ``RUN_DIR/checkpoints.zarr``: one array per leaf, one chunk per checkpoint.
 
-Layout: ``leaves/<key>`` (capacity, *leaf_shape) uncompressed, chunk (1, *leaf_shape), chunk
-files ``c.<slot>.0...`` side by side (earlier archives nest them, ``c/<slot>/0``: both read);
+Layout: ``leaves/<key>`` (capacity, *leaf_shape) uncompressed, chunk (1, *leaf_shape);
 ``checksum`` (capacity, n_leaves) uint32 crc32 per leaf in sorted-name order; ``step``
 (capacity,) int64, fill -1, chunk 1: the commit record, written last. Committed checkpoints are
 the prefix of ``step`` entries != -1; a crash before the ``step`` write leaves the slot free.
+
+Files: every array keeps one checkpoint per chunk, and small ones group up to 64 consecutive
+chunks in a zarr shard file (``c.<slot // K>.0...``, at most 1 MiB), created once at full size and
+written in place. Creating a file per leaf per checkpoint cost more than the rest of training on a
+small model's dense schedule (benchmarks/RESULTS.md). Archives written before, a file per chunk in
+nested folders, still read and grow as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ __all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "leaf_cr
 ARCHIVE = "checkpoints.zarr"
 LeafSpecs = dict[str, tuple[tuple[int, ...], str]]
 _INITIAL_CAPACITY = 16
+_MAX_SLOTS_PER_FILE = 64
+_MAX_SHARD_BYTES = 1 << 20
+
+
+def slots_per_file(shape: Sequence[int], dtype: Any) -> int:
+    """Checkpoints per shard file for a leaf: the largest power of two <= 64 whose shard stays
+    within 1 MiB (1 for big leaves: their own file per checkpoint)."""
+    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    k = 1
+    while k * 2 <= _MAX_SLOTS_PER_FILE and k * 2 * nbytes <= _MAX_SHARD_BYTES:
+        k *= 2
+    return k
 
 
 def leaf_crc32(value: np.ndarray) -> int:
@@ -154,12 +171,13 @@ class ArchiveWriter(_Archive):
         for name, (shape, dtype) in specs.items():
             zio.create_array(leaves, keys[name], shape=(cap, *shape), chunks=(1, *(max(1, s) for s in shape)),
                              dtype=dtype, fill_value=0, attributes={"leaf_name": name}, compress=False,
-                             flat_chunks=True, overwrite=True)
+                             flat_chunks=True, slots_per_file=slots_per_file(shape, dtype), overwrite=True)
         zio.create_array(group, "checksum", shape=(cap, len(specs)), chunks=(1, len(specs)), dtype="uint32",
                          fill_value=0, attributes={"algorithm": "crc32", "leaf_order": list(specs)},
-                         compress=False, flat_chunks=True, overwrite=True)
+                         compress=False, flat_chunks=True, slots_per_file=slots_per_file((len(specs),), "uint32"),
+                         overwrite=True)
         zio.create_array(group, "step", shape=(cap,), chunks=(1,), dtype="int64", fill_value=-1,
-                         compress=False, flat_chunks=True, overwrite=True)
+                         compress=False, flat_chunks=True, slots_per_file=_MAX_SLOTS_PER_FILE, overwrite=True)
         # the layout attrs are written last: an archive without them is not an archive yet
         group.attrs.update({"kind": "checkpoint_archive",
                             "leaves": [[n, list(s), d, keys[n]] for n, (s, d) in specs.items()]})
@@ -174,7 +192,7 @@ class ArchiveWriter(_Archive):
         n = self._steps.size
         stale = np.flatnonzero(self._raw_steps[n:] != -1) + n
         for i in stale[::-1]:
-            self._step_arr[int(i)] = -1
+            self._set_step(int(i), -1)
 
     def _grow(self, need: int) -> None:
         cap = max(2 * self.capacity, need)
@@ -221,15 +239,18 @@ class ArchiveWriter(_Archive):
         self._commit(slot, step)
         self._steps = np.append(self._steps, np.int64(step))
 
-    def _commit(self, slot: int, step: int) -> None:
+    def _set_step(self, slot: int, step: int) -> None:
         zio.write_leading_chunks(self.root, [(self._step_arr, slot, np.int64(step))])
+
+    def _commit(self, slot: int, step: int) -> None:
+        self._set_step(slot, step)
 
     def truncate_after(self, step: int) -> int:
         """Uncommit every checkpoint with step > ``step`` (last first); returns how many were dropped."""
         keep = int(np.searchsorted(self._steps, int(step), side="right"))
         dropped = int(self._steps.size) - keep
         for slot in range(int(self._steps.size) - 1, keep - 1, -1):
-            self._step_arr[slot] = -1
+            self._set_step(slot, -1)
         self._steps = self._steps[:keep].copy()
         return dropped
 

@@ -1,12 +1,14 @@
 """Resume state: ``RUN_DIR/resume/step_<step:012d>.npz`` (optimizer state, data-stream position, ...).
 
 Each file is written atomically (temp file, fsync, rename) with ``meta`` as JSON inside, so a
-crash leaves either the old set of files or the new one; arrays round-trip bit for bit.
+crash leaves either the old set of files or the new one; arrays round-trip bit for bit. The
+arrays are packed into one byte member ``__data__`` described by a JSON ``__index__`` (name,
+dtype, shape, offset): a zip member per array cost most of a small model's save. Files with a
+member per array (written by earlier versions) still read.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -23,6 +25,9 @@ __all__ = ["RESUME_DIR", "write_resume_state", "read_resume_state", "resume_step
 RESUME_DIR = "resume"
 _META = "__meta__"
 _DTYPES = "__dtypes__"
+_INDEX = "__index__"
+_DATA = "__data__"
+_RESERVED = (_META, _DTYPES, _INDEX, _DATA)
 _NAME = re.compile(r"^step_(\d{12})\.npz$")
 
 
@@ -42,25 +47,32 @@ def _json_bytes(obj: Any, what: str) -> np.ndarray:
 def write_resume_state(run_dir: str | os.PathLike[str], step: int, arrays: Mapping[str, Any],
                        meta: Mapping[str, Any]) -> None:
     """Atomically write named arrays and a JSON ``meta`` dict as the resume state of ``step``."""
-    payload: dict[str, np.ndarray] = {}
+    index: list[list[Any]] = []
+    parts: list[np.ndarray] = []
     extension_dtypes: dict[str, str] = {}
+    offset = 0
     for name, value in arrays.items():
-        if not isinstance(name, str) or not name or name in (_META, _DTYPES):
+        if not isinstance(name, str) or not name or name in _RESERVED:
             raise StoreError(f"resume array name {name!r} must be a non-empty string other than "
-                             f"{_META!r} and {_DTYPES!r}")
+                             f"{', '.join(map(repr, _RESERVED))}")
         arr = np.asarray(value)
         if arr.dtype.hasobject:
             raise StoreError(f"resume array '{name}' has dtype object; pass numeric arrays")
         if arr.dtype.isbuiltin == 2:  # an extension type (ml_dtypes' bfloat16): keep bits + name
             extension_dtypes[name] = arr.dtype.name
             arr = arr.view(f"u{arr.dtype.itemsize}")
-        payload[name] = arr
-    payload[_META] = _json_bytes(dict(meta), "meta")
-    payload[_DTYPES] = _json_bytes(extension_dtypes, "dtypes")
+        raw = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # (0-d arrays become 1-d here)
+        index.append([name, arr.dtype.str, list(arr.shape), offset])
+        parts.append(raw)
+        offset += raw.size
+    payload = {
+        _META: _json_bytes(dict(meta), "meta"),
+        _DTYPES: _json_bytes(extension_dtypes, "dtypes"),
+        _INDEX: _json_bytes(index, "index"),
+        _DATA: np.concatenate(parts) if parts else np.zeros(0, np.uint8),
+    }
     os.makedirs(os.path.join(run_dir, RESUME_DIR), exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **payload)
-    atomic_write(_path(run_dir, step), lambda f: f.write(buf.getbuffer()))
+    atomic_write(_path(run_dir, step), lambda f: np.savez(f, **payload))
 
 
 def read_resume_state(run_dir: str | os.PathLike[str], step: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -78,6 +90,14 @@ def read_resume_state(run_dir: str | os.PathLike[str], step: int) -> tuple[dict[
                          "earlier step") from None
     meta = json.loads(arrays.pop(_META).tobytes().decode())
     dtypes = json.loads(arrays.pop(_DTYPES).tobytes().decode())
+    if _INDEX in arrays:  # packed layout
+        data = arrays.pop(_DATA)
+        unpacked = {}
+        for name, dtype, shape, offset in json.loads(arrays.pop(_INDEX).tobytes().decode()):
+            dt = np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            unpacked[name] = data[offset:offset + n].view(dt).reshape(shape).copy()
+        arrays = unpacked
     for name, dtype in dtypes.items():
         arrays[name] = arrays[name].view(_extension_dtype(dtype))
     return arrays, meta

@@ -81,9 +81,9 @@ def verify_archive(run_dir: str | os.PathLike[str]) -> list[str]:
         except Exception as e:
             problems.append(f"checkpoint at step {step}: its checksum record is unreadable ({_err(e)}); {_RESTORE}")
             stored = None
-        values = zio.read_many([(arr, slot) for _, _, arr in leaves], return_exceptions=True)
+        values = zio.read_many([(arr, slot) for _, _, arr in leaves], return_exceptions=True, missing_ok=False)
         for (col, name, arr), value in zip(leaves, values):
-            path = zio.chunk_file(root, arr, (slot, *(0 for _ in arr.shape[1:])))
+            path = zio.slot_file(root, arr, slot)
             if not os.path.isfile(path):
                 problems.append(f"checkpoint at step {step}: chunk of array '{name}' is missing ({path}); {_RESTORE}")
             elif isinstance(value, BaseException):

@@ -22,7 +22,7 @@ from scalars import compute_batch
 from trainer.executor import batch_client
 from trainer.sweep import expand_sweep, run_sweep
 
-from _archive_files import checkpoint_chunk
+from _archive_files import flip_byte
 from conftest import TINY_OVERRIDES
 
 runner = CliRunner()
@@ -207,10 +207,7 @@ def test_bad_batch_input(sweep_runs, tmp_path):
 
 def test_corrupted_checkpoint_in_a_batch_fails_only_that_step(sweep_runs, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs[:2]]
-    chunk = checkpoint_chunk(tmp_path / "seed-1", "*W_Q*", 2)
-    data = bytearray(chunk.read_bytes())
-    data[10] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    flip_byte(tmp_path / "seed-1", "*W_Q*", 2)
     r = runner.invoke(app, ["compute", *runs, "--type", "loss", "-q", "--scheduler", cluster.scheduler.address])
     assert r.exit_code == 1 and "checkpoint 20 fails its checksum" in r.output, r.output
     assert store.computed_mask(runs[0], "loss").all()

@@ -16,7 +16,7 @@ import xarray as xr
 import store
 from scalars import compute_run, plan_compute
 
-from _archive_files import checkpoint_chunk
+from _archive_files import flip_byte
 
 SUITE = ["induction_score", "prev_token_score", "ablated_loss"]
 
@@ -193,10 +193,7 @@ def test_bad_plugins_leave_results_untouched(tiny_run, copy_run, tmp_path, body,
 
 def test_corrupted_checkpoint_fails_that_step_only(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    chunk = checkpoint_chunk(run, "*W_Q*", 2)
-    data = bytearray(chunk.read_bytes())
-    data[10] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    flip_byte(run, "*W_Q*", 2)
     res = cli("compute", str(run), "--type", "loss", "-q")
     assert res.returncode == 1
     assert "checkpoint 20" in res.stdout + res.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,7 @@ from scalars import compute_run
 from trainer.config import resolve_config
 from trainer.train import train
 
-from _archive_files import checkpoint_chunk
+from _archive_files import checkpoint_chunk, flip_byte
 from conftest import TINY_OVERRIDES
 
 SUITE = ["induction_score", "prev_token_score", "ablated_loss"]
@@ -41,17 +43,21 @@ def archives_equal(a, b) -> bool:
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_verify_names_step_and_array_of_a_damaged_checkpoint_chunk(tiny_run, copy_run, damage):
     run = copy_run(tiny_run)
-    path = checkpoint_chunk(run, "*blocks.1.attn.W_K*", 3)  # slot 3 = step 30
-    data = path.read_bytes()
+    path, offset, _ = checkpoint_chunk(run, "*blocks.1.attn.W_K*", 3)  # slot 3 = step 30
     if damage == "flip":
-        path.write_bytes(data[:20] + bytes([data[20] ^ 0x55]) + data[21:])
-    elif damage == "truncate":
-        path.write_bytes(data[: len(data) // 2])
+        flip_byte(run, "*blocks.1.attn.W_K*", 3, at=20)
+    elif damage == "truncate":  # the shard file holding steps 0..60 is cut inside step 30's bytes
+        os.truncate(path, offset + 20)
     else:
         path.unlink()
     res = cli("verify", str(run))
     assert res.returncode == 1
     assert "step 30" in res.stdout and "blocks.1.attn.W_K" in res.stdout, res.stdout
+    damaged = {int(m.group(1)) for m in re.finditer(r"checkpoint at step (\d+): [^\n]*'blocks.1.attn.W_K'", res.stdout)}
+    if damage == "flip":  # bit rot in one checkpoint names that checkpoint only
+        assert damaged == {30}, res.stdout
+    else:  # a lost or cut file loses every checkpoint it holds, each named
+        assert damaged == set(range(0, 70, 10)), res.stdout
 
 
 def test_verify_names_a_damaged_scalar_cell(tiny_run, copy_run):
@@ -66,8 +72,7 @@ def test_verify_names_a_damaged_scalar_cell(tiny_run, copy_run):
 def test_resume_refuses_a_corrupted_latest_checkpoint_and_offers_the_previous(tiny_run, copy_run):
     run = copy_run(tiny_run)
     assert store.resume_steps(run) == [50, 60]  # the last two checkpoints keep their optimizer state
-    path = checkpoint_chunk(run, "*W_U*", 6)  # slot 6 = step 60, the latest
-    path.write_bytes(bytes([path.read_bytes()[0] ^ 1]) + path.read_bytes()[1:])
+    flip_byte(run, "*W_U*", 6, at=0)  # slot 6 = step 60, the latest
     before = sorted(p.name for p in (run / "checkpoints.zarr").rglob("*"))
     res = cli("train", "--resume", str(run), "-q")
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -100,6 +105,14 @@ def write_chunk_file(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", path)
     return original_file(path, data)
 zio.write_chunk_file = write_chunk_file
+import store._shard_files as shard_files  # and small leaves' checkpoints in place into shard files
+original_pwrite = shard_files._pwrite_all
+def pwrite_all(fd, data, offset):
+    calls["n"] += 1
+    if calls["n"] > limit:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return original_pwrite(fd, data, offset)
+shard_files._pwrite_all = pwrite_all
 from cli.app import app
 sys.argv = ["scalars", *sys.argv[2:]]
 app()
@@ -141,7 +154,7 @@ def test_disk_full_during_compute_exposes_no_partial_cell(tiny_run, copy_run):
 
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
     config = tmp_path / "cfg.json"
-    config.write_text(json.dumps(resolve_config("induction-tiny", None, TINY_OVERRIDES + ["train.steps=400"])))
+    config.write_text(json.dumps(resolve_config("induction-tiny", None, TINY_OVERRIDES + ["train.steps=100000"])))
     run = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "cli.app", "train", "--config", str(config), "--out", str(run), "-q"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -14,6 +14,9 @@ import zarr
 import store
 from store import (ArchiveWriter, StoreError, open_archive, prune_resume_states, read_resume_state,
                    read_run_json, resume_steps, run_lock, verify_archive, write_resume_state, write_run_json)
+from store._names import safe_key
+
+from _archive_files import slot_region
 
 SPECS = {
     "blocks.0.attn.W_Q": ((2, 4, 3), "float32"),
@@ -36,14 +39,10 @@ def _archive(tmp_path, steps=(0, 10, 20, 30, 40), **kw) -> str:
     return run
 
 
-def _chunk(run: str, leaf: str, slot: int) -> str:
-    folder = os.path.join(run, "checkpoints.zarr", "leaves")
-    (key,) = [k for k in os.listdir(folder) if os.path.isdir(os.path.join(folder, k))
-              and zarr.open_array(os.path.join(folder, k)).attrs["leaf_name"] == leaf]
-    array = zarr.open_array(os.path.join(folder, key))
-    path = os.path.join(folder, key, *array.metadata.encode_chunk_key((slot, *(0 for _ in SPECS[leaf][0]))).split("/"))
-    assert os.path.isfile(path)
-    return path
+def _chunk(run: str, leaf: str, slot: int) -> tuple[str, int, int]:
+    """(file, offset, length) of a leaf's bytes for checkpoint slot ``slot``."""
+    path, offset, length = slot_region(os.path.join(run, "checkpoints.zarr", "leaves", safe_key(leaf)), slot)
+    return str(path), offset, length
 
 
 # run directory -------------------------------------------------------------------------------
@@ -95,18 +94,78 @@ def test_archive_round_trip(tmp_path):
     assert all(r.verify_checksum(s) for s in r.steps)
 
 
-def test_archive_chunk_files_are_flat_and_nested_archives_still_read_and_grow(tmp_path, monkeypatch):
-    run = _archive(tmp_path, steps=(0, 10))
-    folder = os.path.join(run, "checkpoints.zarr", "leaves")
-    for key in set(os.listdir(folder)) - {"zarr.json"}:  # one file per checkpoint, no folder per chunk
-        rank = len(SPECS[zarr.open_array(os.path.join(folder, key)).attrs["leaf_name"]][0])
-        assert sorted(os.listdir(os.path.join(folder, key))) == ["c.0" + ".0" * rank, "c.1" + ".0" * rank, "zarr.json"]
-    assert sorted(os.listdir(os.path.join(run, "checkpoints.zarr", "step"))) == ["c.0", "c.1", "zarr.json"]
+def test_archive_groups_checkpoints_in_shard_files_that_zarr_reads(tmp_path):
+    specs = {"big": ((300 * 256,), "float32"), "small": ((3,), "float32")}  # 300 KiB: 2 per file; 64
+    run = str(tmp_path / "run")
+    w = ArchiveWriter(run, specs, capacity=2)
+    values = {s: {n: np.full(shape, s + i, dtype) for i, (n, (shape, dtype)) in enumerate(specs.items())}
+              for s in range(5)}
+    for s in range(5):
+        w.write_checkpoint(s * 10, values[s])
+    leaves = os.path.join(run, "checkpoints.zarr", "leaves")
+    assert sorted(os.listdir(os.path.join(leaves, "big"))) == ["c.0.0", "c.1.0", "c.2.0", "zarr.json"]
+    assert sorted(os.listdir(os.path.join(leaves, "small"))) == ["c.0.0", "zarr.json"]
+    assert sorted(os.listdir(os.path.join(run, "checkpoints.zarr", "step"))) == ["c.0", "zarr.json"]
+    # every shard has its fixed size from the start: data slots, then the index (16 B a slot + crc32c)
+    assert os.path.getsize(os.path.join(leaves, "big", "c.2.0")) == 2 * 300 * 1024 + 2 * 16 + 4
+    assert os.path.getsize(os.path.join(leaves, "small", "c.0.0")) == 64 * 12 + 64 * 16 + 4
+    for name in specs:  # zarr's own sharding reader agrees with the direct writer and reader
+        z = zarr.open_array(os.path.join(leaves, name), mode="r")
+        assert z.shards[0] == (2 if name == "big" else 64)
+        for s in range(5):
+            assert np.array_equal(z[s], values[s][name])
+    r = open_archive(run)
+    assert np.array_equal(r.load_block([0, 10, 20, 30, 40])["big"], np.stack([values[s]["big"] for s in range(5)]))
+    assert zarr.open_array(os.path.join(run, "checkpoints.zarr", "step"), mode="r")[:5].tolist() == [0, 10, 20, 30, 40]
+    assert verify_archive(run) == []
 
-    # an archive written with nested chunk folders (c/<slot>/0/...) by an earlier version
+
+def test_a_shard_rewritten_by_zarr_is_still_written_and_read(tmp_path):
+    run = _archive(tmp_path, steps=(0, 10))
+    z = zarr.open_array(os.path.join(run, "checkpoints.zarr", "leaves", safe_key("embed/W_E")), mode="r+")
+    z[1] = _leaves(10)["embed/W_E"]  # zarr rewrites the shard compactly: not the fixed layout
+    w = ArchiveWriter(run, SPECS)
+    for s in (20, 30):
+        w.write_checkpoint(s, _leaves(s))
+    r = open_archive(run)
+    for s in (0, 10, 20, 30):
+        assert all(np.array_equal(r.load(s)[n], _leaves(s)[n]) for n in SPECS)
+    assert verify_archive(run) == []
+
+
+def test_a_failed_shard_write_leaves_earlier_slots_intact(tmp_path, monkeypatch):
+    import store._shard_files as shard_files
+
+    path = str(tmp_path / "c.0")
+    assert shard_files.write_slot(path, 4, True, 0, b"a" * 8)
+    real = shard_files._pwrite_all
+
+    def full_disk(fd, data, offset):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shard_files, "_pwrite_all", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        shard_files.write_slot(path, 4, True, 1, b"b" * 8)  # in an existing shard: index untouched
+    with pytest.raises(OSError, match="No space"):
+        shard_files.write_slot(str(tmp_path / "c.1"), 4, True, 0, b"c" * 8)  # a new shard: removed again
+    assert not os.path.exists(tmp_path / "c.1")
+    monkeypatch.setattr(shard_files, "_pwrite_all", real)
+    assert shard_files.read_slots(path, 4, True, [0, 1, 2], 8) == [b"a" * 8, None, None]
+    assert shard_files.write_slot(path, 4, True, 1, b"b" * 8)
+    assert shard_files.read_slots(path, 4, True, [0, 1], 8) == [b"a" * 8, b"b" * 8]
+    with open(path, "r+b") as f:  # a damaged index is refused, not read as empty slots
+        f.seek(4 * 8 + 3)
+        f.write(b"\x01")
+    with pytest.raises(ValueError, match="damaged index"):
+        shard_files.read_slots(path, 4, True, [0], 8)
+
+
+def test_nested_chunk_archives_of_earlier_versions_still_read_and_grow(tmp_path, monkeypatch):
+    # an archive written with a file per chunk in nested folders (c/<slot>/0/...) by an earlier version
     import store._zarr_io as zio
     nested = zio.create_array
-    monkeypatch.setattr(zio, "create_array", lambda *a, **kw: nested(*a, **{**kw, "flat_chunks": False}))
+    monkeypatch.setattr(zio, "create_array",
+                        lambda *a, **kw: nested(*a, **{**kw, "flat_chunks": False, "slots_per_file": 1}))
     old = _archive(tmp_path / "old", steps=(0, 10), capacity=2)
     monkeypatch.undo()
     assert os.path.isdir(os.path.join(old, "checkpoints.zarr", "step", "c"))
@@ -231,21 +290,25 @@ def test_writer_infers_specs_from_first_checkpoint(tmp_path):
 def test_verify_reports_damaged_chunk(tmp_path, damage):
     run = _archive(tmp_path)
     assert verify_archive(run) == []
-    path = _chunk(run, "blocks.0.attn.W_Q", 3)  # slot 3 = step 30
+    path, offset, _ = _chunk(run, "blocks.0.attn.W_Q", 3)  # slot 3 = step 30, in the shard of slots 0..63
     if damage == "flip":
-        raw = bytearray(open(path, "rb").read())
-        raw[7] ^= 0x10
-        open(path, "wb").write(bytes(raw))
+        with open(path, "r+b") as f:
+            f.seek(offset + 7)
+            byte = f.read(1)[0]
+            f.seek(offset + 7)
+            f.write(bytes([byte ^ 0x10]))
     elif damage == "truncate":
-        os.truncate(path, 5)
+        os.truncate(path, offset + 5)
     else:
         os.remove(path)
     problems = verify_archive(run)
-    assert len(problems) == 1, problems
-    assert "step 30" in problems[0] and "'blocks.0.attn.W_Q'" in problems[0]
-    assert {"flip": "checksum", "truncate": "unreadable", "delete": "missing"}[damage] in problems[0]
+    # bit rot names the one checkpoint; a cut or lost shard file names every checkpoint it held
+    assert len(problems) == (1 if damage == "flip" else 5), problems
+    problem = next(p for p in problems if "step 30" in p)
+    assert "'blocks.0.attn.W_Q'" in problem and all("'blocks.0.attn.W_Q'" in p for p in problems)
+    assert {"flip": "checksum", "truncate": "unreadable", "delete": "missing"}[damage] in problem
     r = open_archive(run)
-    assert not r.verify_checksum(30) and r.verify_checksum(20)
+    assert not r.verify_checksum(30) and r.verify_checksum(20) == (damage == "flip")
     if damage != "flip":  # a damaged chunk never reads as zeros
         with pytest.raises(StoreError, match=r"checkpoint at step 30 .* is damaged .*; run `scalars verify"):
             r.load(30)
@@ -298,6 +361,23 @@ def test_resume_state_round_trip_is_bit_identical(tmp_path):
     for n, a in arrays.items():
         assert got[n].dtype == a.dtype and got[n].shape == a.shape and got[n].tobytes() == a.tobytes()
     assert os.listdir(tmp_path / "resume") == ["step_000000000100.npz"]
+
+
+def test_resume_state_packs_arrays_and_still_reads_a_member_per_array(tmp_path):
+    arrays = {"opt.mu.W": np.arange(12, dtype=np.float32).reshape(3, 4), "count": np.array(3, np.int32)}
+    write_resume_state(tmp_path, 7, arrays, {"step": 7})
+    with np.load(tmp_path / "resume" / "step_000000000007.npz") as npz:
+        assert sorted(npz.files) == ["__data__", "__dtypes__", "__index__", "__meta__"]
+    # the layout written by earlier versions: one npz member per array
+    as_json = lambda obj: np.frombuffer(json.dumps(obj).encode(), np.uint8)  # noqa: E731
+    np.savez(tmp_path / "resume" / "step_000000000009.npz", **arrays, __meta__=as_json({"step": 9}),
+             __dtypes__=as_json({}))
+    for step in (7, 9):
+        got, meta = read_resume_state(tmp_path, step)
+        assert meta == {"step": step} and sorted(got) == sorted(arrays)
+        for name, value in arrays.items():
+            assert got[name].dtype == value.dtype and got[name].shape == value.shape
+            assert np.array_equal(got[name], value)
 
 
 def test_resume_bfloat16_round_trip(tmp_path):
