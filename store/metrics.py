@@ -66,6 +66,15 @@ class MetricsWriter:
         """Committed rows (not counting buffered ones)."""
         return self._n
 
+    @property
+    def last_committed_step(self) -> int | None:
+        """Step of the last committed row (None when there is none)."""
+        return self._last
+
+    def buffered_rows(self) -> list[tuple[int, dict[str, float]]]:
+        """Copies of the rows appended since the last flush, oldest first."""
+        return [(s, dict(r)) for s, r in self._buffer]
+
     def append(self, step: int, values: Mapping[str, Any]) -> None:
         """Buffer one row; ``step`` must exceed every earlier row's step."""
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):

@@ -46,6 +46,13 @@ def assert_same_archives(a, b) -> None:
             assert np.array_equal(ca[step][name], cb[step][name]), f"step {step} leaf {name} differs"
 
 
+def assert_same_metrics(a, b) -> None:
+    ma, mb = store.open_metrics(a), store.open_metrics(b)
+    assert ma.step.values.tolist() == mb.step.values.tolist() and sorted(ma.data_vars) == sorted(mb.data_vars)
+    for name in ma.data_vars:
+        np.testing.assert_array_equal(ma[name].values, mb[name].values, err_msg=name)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
@@ -99,8 +106,32 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
         done = cli("train", "--resume", str(run), "-q")
         assert done.returncode == 0, done.stderr
         assert_same_archives(reference_run, run)
-        ref_m, got_m = store.open_metrics(reference_run), store.open_metrics(run)
-        np.testing.assert_array_equal(ref_m.train_loss.values, got_m.train_loss.values)
+        assert_same_metrics(reference_run, run)
+
+
+def test_metric_rows_not_yet_flushed_survive_a_crash_in_the_resume_state(reference_run, tmp_path, monkeypatch):
+    import trainer.train as train_module
+
+    monkeypatch.setattr(train_module, "METRICS_FLUSH_SECONDS", 1e9)  # rows stay buffered until the end
+    write = store.ArchiveWriter.write_checkpoint
+
+    def crash_at_40(self, step, leaves):
+        if step == 40:
+            raise OSError("injected write failure")
+        return write(self, step, leaves)
+
+    monkeypatch.setattr(store.ArchiveWriter, "write_checkpoint", crash_at_40)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="injected"):
+        train(tiny_config(), run, progress=False)
+    assert store.open_metrics(run).sizes["step"] == 0  # nothing reached metrics.zarr before the crash
+    assert list(store.open_archive(run).steps) == [0, 10, 20, 30]
+    _, meta = store.read_resume_state(run, 30)
+    assert [s for s, _ in meta["metrics_rows"]] == list(range(30))
+    monkeypatch.setattr(store.ArchiveWriter, "write_checkpoint", write)
+    train(tiny_config(), run, resume=True, progress=False)
+    assert_same_archives(reference_run, run)
+    assert_same_metrics(reference_run, run)
 
 
 KILL_DURING_SAVE = """
@@ -129,6 +160,7 @@ def test_kill_during_a_save_never_exposes_a_half_written_checkpoint(reference_ru
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert cli("train", "--resume", str(run), "-q").returncode == 0
     assert_same_archives(reference_run, run)
+    assert_same_metrics(reference_run, run)
 
 
 def test_out_dir_holding_a_run_is_refused_and_untouched(reference_run):
