@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import google_crc32c
 import numpy as np
@@ -48,7 +49,14 @@ def read_slots(path: str, per_file: int, crc: bool, slots: list[int], nbytes: in
     empty. A missing file raises FileNotFoundError."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        entries = _read_index(fd, path, per_file, crc)
+        for attempt in range(3):
+            try:
+                entries = _read_index(fd, path, per_file, crc)
+                break
+            except ValueError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.01)  # a read racing the writer's index update sees a torn index once
         out: list[bytes | None] = []
         for j in slots:
             offset, length = (int(x) for x in entries[j])

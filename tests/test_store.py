@@ -160,6 +160,23 @@ def test_a_failed_shard_write_leaves_earlier_slots_intact(tmp_path, monkeypatch)
         shard_files.read_slots(path, 4, True, [0], 8)
 
 
+def test_a_shard_index_read_racing_its_update_is_read_again(tmp_path, monkeypatch):
+    import store._shard_files as shard_files
+
+    path = str(tmp_path / "c.0")
+    shard_files.write_slot(path, 4, True, 0, b"a" * 8)
+    real, calls = shard_files._read_index, []
+
+    def torn_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("shard file has a damaged index (crc32c mismatch)")
+        return real(*args)
+
+    monkeypatch.setattr(shard_files, "_read_index", torn_once)
+    assert shard_files.read_slots(path, 4, True, [0], 8) == [b"a" * 8] and len(calls) == 2
+
+
 def test_nested_chunk_archives_of_earlier_versions_still_read_and_grow(tmp_path, monkeypatch):
     # an archive written with a file per chunk in nested folders (c/<slot>/0/...) by an earlier version
     import store._zarr_io as zio
