@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "fsync_dir", "exclusive_lock", "shared_lock"]
+__all__ = ["atomic_write", "write_all", "fsync_dir", "exclusive_lock", "shared_lock"]
+
+
+def write_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of the open descriptor ``fd`` (short writes continue);
+    an OSError (e.g. ENOSPC) propagates."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view, offset = view[written:], offset + written
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -10,12 +10,13 @@ a small checkpoint's save). Any shard zarr can read is read, whatever its layout
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
 import google_crc32c
 import numpy as np
+
+from . import _files as files
 
 __all__ = ["EMPTY", "index_nbytes", "read_slots", "write_slot"]
 
@@ -104,12 +105,12 @@ def write_slot(path: str, per_file: int, crc: bool, slot: int, data: bytes) -> b
             if not np.all(empty | ((entries[:, 0] == ours) & (entries[:, 1] == nbytes))):
                 return False
             first = slot
-        _pwrite_all(fd, data, slot * nbytes)
+        files.write_all(fd, data, slot * nbytes)
         entries[slot] = (slot * nbytes, nbytes)
         # one write from this slot's entry to the end (crc included): a killed process leaves the old
         # index or the new one, never a mix
         tail = entries[first:].tobytes() + (_crc(entries) if crc else b"")
-        _pwrite_all(fd, tail, data_end + first * 16)
+        files.write_all(fd, tail, data_end + first * 16)
         return True
     except BaseException:
         if created:  # a half-made shard would read as damaged; without it the slots read as absent
@@ -124,11 +125,3 @@ def write_slot(path: str, per_file: int, crc: bool, slot: int, data: bytes) -> b
         if fd >= 0:
             os.close(fd)
 
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if written == 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view, offset = view[written:], offset + written

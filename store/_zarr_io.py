@@ -23,6 +23,7 @@ from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from . import _files as files
 from . import _shard_files as shard_files
 
 __all__ = [
@@ -113,18 +114,14 @@ def resize(array: zarr.Array, shape: Sequence[int]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _SlotLayout:
-    """Where leading-axis slot i of a local array chunked ``(1, *rest)`` lives: its own chunk file
-    (``per_file == 1``) or slot ``i % per_file`` of shard file ``i // per_file``."""
+    """How leading-axis slot i of a local array chunked ``(1, *rest)`` is stored: in its own chunk
+    file (``per_file == 1``) or as slot ``i % per_file`` of shard file ``i // per_file`` (see
+    ``slot_file``)."""
 
-    folder: str
     disk_dtype: np.dtype
     zstd: bool
     per_file: int
     index_crc: bool
-
-    def path(self, array: zarr.Array, slot: int) -> str:
-        key = array.metadata.encode_chunk_key((slot // self.per_file, *(0 for _ in array.shape[1:])))
-        return os.path.join(self.folder, *key.split("/"))
 
 
 def _bytes_order(codec: BytesCodec) -> str:
@@ -139,7 +136,6 @@ def _slot_layout(array: zarr.Array) -> _SlotLayout | None:
     if (getattr(md, "zarr_format", None) != 3 or not isinstance(array.store, LocalStore) or not codecs
             or array.ndim == 0 or tuple(array.chunks) != (1, *array.shape[1:])):
         return None
-    folder = os.path.join(os.fspath(array.store.root), *array.path.split("/"))
     dtype = np.dtype(array.dtype)
     if isinstance(codecs[0], ShardingCodec):
         shard = codecs[0]
@@ -151,12 +147,12 @@ def _slot_layout(array: zarr.Array) -> _SlotLayout | None:
                 or not (len(index) == 1 or (len(index) == 2 and isinstance(index[1], Crc32cCodec)))
                 or shard_shape[1:] != tuple(array.shape[1:])):
             return None
-        return _SlotLayout(folder, dtype.newbyteorder(_bytes_order(shard.codecs[0])), False, shard_shape[0],
+        return _SlotLayout(dtype.newbyteorder(_bytes_order(shard.codecs[0])), False, shard_shape[0],
                            len(index) == 2)
     if not isinstance(codecs[0], BytesCodec) or not (
             len(codecs) == 1 or (len(codecs) == 2 and isinstance(codecs[1], ZstdCodec))):
         return None
-    return _SlotLayout(folder, dtype.newbyteorder(_bytes_order(codecs[0])), len(codecs) == 2, 1, False)
+    return _SlotLayout(dtype.newbyteorder(_bytes_order(codecs[0])), len(codecs) == 2, 1, False)
 
 
 def _decode(array: zarr.Array, layout: _SlotLayout, raw: bytes, path: str) -> np.ndarray:
@@ -181,7 +177,7 @@ def _read_slots(array: zarr.Array, layout: _SlotLayout, slots: Sequence[int], mi
     out: list[np.ndarray] = []
     if layout.per_file == 1:
         for slot in slots:
-            path = layout.path(array, slot)
+            path = slot_file(array.store.root, array, slot)
             try:
                 with open(path, "rb") as f:
                     raw = f.read()
@@ -197,7 +193,7 @@ def _read_slots(array: zarr.Array, layout: _SlotLayout, slots: Sequence[int], mi
         j = i
         while j < len(slots) and slots[j] // k == slots[i] // k:
             j += 1
-        path = layout.path(array, slots[i])
+        path = slot_file(array.store.root, array, slots[i])
         try:
             raws = shard_files.read_slots(path, k, layout.index_crc, [s % k for s in slots[i:j]], nbytes)
         except FileNotFoundError:
@@ -302,9 +298,7 @@ def write_chunk_file(path: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, _CREATE, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        files.write_all(fd, data, 0)
     finally:
         os.close(fd)
 
@@ -324,7 +318,7 @@ def write_leading_chunks(root: str | os.PathLike[str], items: Sequence[tuple[zar
             through_zarr.append((array, index, value))
             continue
         data = np.ascontiguousarray(value, dtype=layout.disk_dtype).tobytes()
-        path = layout.path(array, int(index))
+        path = slot_file(root, array, int(index))
         if layout.per_file == 1:
             write_chunk_file(path, data)
         elif not shard_files.write_slot(path, layout.per_file, layout.index_crc, int(index) % layout.per_file, data):

@@ -97,22 +97,14 @@ async def set(self, key, value):
         raise OSError(errno.ENOSPC, "No space left on device", key)
     return await original(self, key, value)
 zarr.storage.LocalStore.set = set
-import store._zarr_io as zio  # whole checkpoint chunks are written as files directly
-original_file = zio.write_chunk_file
-def write_chunk_file(path, data):
-    calls["n"] += 1
-    if calls["n"] > limit:
-        raise OSError(errno.ENOSPC, "No space left on device", path)
-    return original_file(path, data)
-zio.write_chunk_file = write_chunk_file
-import store._shard_files as shard_files  # and small leaves' checkpoints in place into shard files
-original_pwrite = shard_files._pwrite_all
-def pwrite_all(fd, data, offset):
+import store._files as files  # checkpoint chunk and shard files are written directly, through write_all
+original_write_all = files.write_all
+def write_all(fd, data, offset):
     calls["n"] += 1
     if calls["n"] > limit:
         raise OSError(errno.ENOSPC, "No space left on device")
-    return original_pwrite(fd, data, offset)
-shard_files._pwrite_all = pwrite_all
+    return original_write_all(fd, data, offset)
+files.write_all = write_all
 from cli.app import app
 sys.argv = ["scalars", *sys.argv[2:]]
 app()

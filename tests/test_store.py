@@ -134,22 +134,23 @@ def test_a_shard_rewritten_by_zarr_is_still_written_and_read(tmp_path):
 
 
 def test_a_failed_shard_write_leaves_earlier_slots_intact(tmp_path, monkeypatch):
+    import store._files as files
     import store._shard_files as shard_files
 
     path = str(tmp_path / "c.0")
     assert shard_files.write_slot(path, 4, True, 0, b"a" * 8)
-    real = shard_files._pwrite_all
+    real = files.write_all
 
     def full_disk(fd, data, offset):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(shard_files, "_pwrite_all", full_disk)
+    monkeypatch.setattr(files, "write_all", full_disk)
     with pytest.raises(OSError, match="No space"):
         shard_files.write_slot(path, 4, True, 1, b"b" * 8)  # in an existing shard: index untouched
     with pytest.raises(OSError, match="No space"):
         shard_files.write_slot(str(tmp_path / "c.1"), 4, True, 0, b"c" * 8)  # a new shard: removed again
     assert not os.path.exists(tmp_path / "c.1")
-    monkeypatch.setattr(shard_files, "_pwrite_all", real)
+    monkeypatch.setattr(files, "write_all", real)
     assert shard_files.read_slots(path, 4, True, [0, 1, 2], 8) == [b"a" * 8, None, None]
     assert shard_files.write_slot(path, 4, True, 1, b"b" * 8)
     assert shard_files.read_slots(path, 4, True, [0, 1], 8) == [b"a" * 8, b"b" * 8]
