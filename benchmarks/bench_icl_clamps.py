@@ -23,7 +23,7 @@ from scalars._icl_types import clamp_losses
 from scalars._interventions import head_ablation_metrics
 from trainer.importers import icl_dynamics_probe, load_icl_dynamics_model, read_icl_dynamics_config
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "icl-dynamics"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "icl-dynamics"
 RUN = FIXTURES / "omniglot50_rl5_synthetic"
 
 

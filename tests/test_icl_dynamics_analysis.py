@@ -18,7 +18,7 @@ from cli._import import import_command
 from trainer.importers import read_log_h5
 from trainer.tasks import synthetic_clusters
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "icl-dynamics"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "icl-dynamics"
 MAIN, MLP = FIXTURES / "omniglot50_rl5_synthetic", FIXTURES / "omniglot50_rl5_synthetic_mlp"
 EXEMPLAR0 = FIXTURES / "synthetic_data" / "train_classes_exemplar0.npy"
 MAIN_STEPS = [0, 24000, 32000, 40000, 100000]

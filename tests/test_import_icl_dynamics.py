@@ -26,7 +26,7 @@ from trainer.importers import (
 )
 from trainer.model import build_model, named_leaves
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "icl-dynamics"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "icl-dynamics"
 MAIN, MLP = FIXTURES / "omniglot50_rl5_synthetic", FIXTURES / "omniglot50_rl5_synthetic_mlp"
 RUNS = {"main": (MAIN, [0, 24000, 32000, 40000, 100000], 75), "mlp": (MLP, [0, 32000, 60000], 119)}
 EXEMPLAR0 = FIXTURES / "synthetic_data" / "train_classes_exemplar0.npy"

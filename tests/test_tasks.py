@@ -31,7 +31,7 @@ from trainer.tasks import (
     synthetic_clusters,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "icl-dynamics"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "icl-dynamics"
 jit_sample = jax.jit(sample_batch, static_argnums=(0, 2), static_argnames=("with_info",))
 
 

@@ -7,7 +7,7 @@ and `log.h5`. A `.eqx` file is NPY records back to back (equinox `tree_serialise
 (`icl_dynamics_model_config`), `read_log_h5` reads the training log, and
 `import_icl_dynamics` writes `run.json`, `checkpoints.zarr` and `metrics.zarr`. Steps stay in
 the original unit, training sequences; the Adam step is `sequences / train_bs`.
-Formats follow the fixture README (shared/fixtures/icl-dynamics/README.md, sections 4-9).
+Formats follow the fixture README (tests/fixtures/icl-dynamics/README.md, sections 4-9).
 """
 
 from __future__ import annotations
