@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import typer
@@ -9,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ._errors import user_errors
+from ._errors import exit_now, user_errors
 
 console = Console()
 
@@ -29,7 +30,8 @@ def compute_command(
     all_: bool = typer.Option(False, "--all", help="every registered type that applies to the run"),
     steps: Optional[str] = typer.Option(None, "--steps", help="e.g. 0-1000, 0,500,1000, every:4, last"),
     probe: Optional[str] = typer.Option(None, "--probe", help="probe name or .npy/.npz file (default: each type's)"),
-    force: bool = typer.Option(False, "--force", help="recompute (and reset) the requested types"),
+    force: bool = typer.Option(False, "--force", help="recompute the requested cells (stored ones stay until "
+                                                       "replaced by fresh values)"),
     plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more types (repeatable)"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="checkpoints per compiled call"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -40,19 +42,27 @@ def compute_command(
     steps_per_task: Optional[int] = typer.Option(None, "--steps-per-task", help="checkpoints per dask task"),
     option: list[str] = typer.Option([], "--option", help="a type's option TYPE.KEY=VALUE (repeatable), e.g. "
                                      "llc.step_size=1e-4; stored in the variable's attrs"),
+    stall_timeout: float = typer.Option(900.0, "--stall-timeout", min=0.1,
+                                        help="seconds without a finished checkpoint block before the compute is "
+                                             "called stalled and stopped"),
 ) -> None:
     """Compute derived scalars for every (selected) checkpoint of each run; only missing cells.
 
     Several runs (or --workers N, or --scheduler ADDR) run on dask.distributed; see docs/batch.md.
     """
-    from scalars import compute_batch
+    from scalars import StallError, compute_batch
     from scalars._options import parse_type_options
 
     _load_plugins(plugin)
-    reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
-                            block_size=block_size, workers=workers, scheduler=scheduler,
-                            steps_per_task=steps_per_task, plugins=plugin, progress=not quiet, log=console.print,
-                            options=parse_type_options(option))
+    # a type's failure at run time is reported once below, without JAX's logged traceback of it
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+    try:
+        reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                                block_size=block_size, workers=workers, scheduler=scheduler,
+                                steps_per_task=steps_per_task, plugins=plugin, progress=not quiet,
+                                log=console.print, options=parse_type_options(option), stall_timeout=stall_timeout)
+    except StallError as exc:  # its stuck threads never return: leave at once (nothing half-written is left)
+        exit_now(str(exc), code=3)
     failed = False
     for rep in reports:
         for w in rep.warnings:

@@ -39,6 +39,16 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def exit_now(message: str, code: int) -> None:
+    """Print one error line and end the process at once, without waiting for stuck threads."""
+    import os
+
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit."""
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)

@@ -14,6 +14,7 @@ from ._compute import stack_params as stack_params
 from ._context import Context as Context
 from ._engine import ComputePlan as ComputePlan
 from ._engine import ComputeReport as ComputeReport
+from ._engine import StallError as StallError
 from ._engine import compute_run as compute_run
 from ._engine import compute_runs as compute_runs
 from ._batch import compute_batch as compute_batch
@@ -56,7 +57,7 @@ __all__ = [
     "from_regression_arrays",
     "detect_repeat_length",
     "Context", "ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_probe", "stack_params",
-    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "plan_compute",
+    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "plan_compute", "StallError",
     "build_run_probe", "select_steps",
     "PairProbe", "induction_pair", "classifier_label_swap_pair", "pair_from_arrays", "pair_from_npy", "naive_patching",
 ]

@@ -21,8 +21,9 @@ from typing import Any
 import store
 
 from ._compute import ComputeFn, model_template
-from ._engine import (ComputePlan, ComputeReport, _buildable, _validate_program, applicable_types, compute_run,
-                      default_block_size, expand_run_dirs, load_run_model_config, plan_compute)
+from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _buildable, _validate_program,
+                      applicable_types, compute_run, default_block_size, dropped_warnings, expand_run_dirs,
+                      load_run_model_config, plan_compute)
 
 __all__ = ["BatchTask", "plan_runs", "partition", "compute_batch", "MAX_STEPS_PER_TASK"]
 
@@ -101,15 +102,30 @@ def _validate(plans: Sequence[ComputePlan], block_size: int, options: Mapping[st
         _validate_program(fn, shapes)
 
 
-def _prepare(plans: Sequence[ComputePlan]) -> None:
-    """Create every store's variables and coords (and reset them for --force) before any task writes."""
-    for plan in plans:
-        if plan.n_cells:
-            store.ensure_variables(plan.run_dir, plan.specs, plan.committed, force=plan.force)
+def _prepare(plans: Sequence[ComputePlan]) -> dict[str, dict[str, str]]:
+    """Create every store's variables and coords (staged copies for a --force on a changed
+    definition) before any task writes; returns each run's write targets."""
+    return {str(Path(plan.run_dir).resolve()): store.ensure_variables(plan.run_dir, plan.specs, plan.committed,
+                                                                      force=plan.force)
+            for plan in plans if plan.n_cells}
+
+
+def _finish(plans: Sequence[ComputePlan], targets: Mapping[str, Mapping[str, str]], reports: Sequence[ComputeReport],
+            ok: bool) -> None:
+    """Swap staged copies in once every task of a run succeeded; drop them otherwise."""
+    for plan, rep in zip(plans, reports):
+        run_targets = targets.get(str(Path(plan.run_dir).resolve()))
+        if not run_targets:
+            continue
+        if ok:
+            rep.warnings.extend(dropped_warnings(plan, store.commit_replacements(plan.run_dir, run_targets)))
+        else:
+            store.discard_replacements(plan.run_dir, run_targets)
 
 
 def _run_task(task: BatchTask, *, probe: str | None, block_size: int, plugins: tuple[str, ...],
-              options: Mapping[str, Mapping[str, Any]] | None, topic: str | None, task_key: str) -> ComputeReport:
+              options: Mapping[str, Mapping[str, Any]] | None, topic: str | None, task_key: str,
+              force: bool, targets: Mapping[str, str], stall_timeout: float | None) -> ComputeReport:
     """Worker side: load plugins, compute the task's missing cells, report progress as events."""
     from . import load_entry_point_plugins, load_plugin
 
@@ -123,7 +139,8 @@ def _run_task(task: BatchTask, *, probe: str | None, block_size: int, plugins: t
         worker = get_worker()
         on_progress = lambda done, _total: worker.log_event(topic, [task_key, int(done)])  # noqa: E731
     return compute_run(task.run_dir, list(task.types), steps=",".join(map(str, task.steps)), probe=probe,
-                       block_size=block_size, options=options, on_progress=on_progress)
+                       block_size=block_size, options=options, on_progress=on_progress, force=force,
+                       targets=targets, stall_timeout=stall_timeout)
 
 
 def _merge(out: ComputeReport, rep: ComputeReport) -> None:
@@ -135,14 +152,15 @@ def _merge(out: ComputeReport, rep: ComputeReport) -> None:
     out.traces += rep.traces
 
 
-def _in_process(plans: Sequence[ComputePlan], block_size: int, bar) -> list[ComputeReport]:
+def _in_process(plans: Sequence[ComputePlan], block_size: int, bar, stall_timeout: float | None) -> list[ComputeReport]:
     reports, offset = [], 0
     for plan in plans:
         if not plan.n_cells:
             reports.append(ComputeReport(plan.run_dir))
             continue
         rep = compute_run(plan.run_dir, [t.name for t in plan.types], plan=plan, block_size=block_size,
-                          on_progress=lambda done, _t, offset=offset: bar.update(offset + done))
+                          on_progress=lambda done, _t, offset=offset: bar.update(offset + done),
+                          stall_timeout=stall_timeout)
         offset += plan.n_cells
         reports.append(rep)
     return reports
@@ -150,7 +168,8 @@ def _in_process(plans: Sequence[ComputePlan], block_size: int, bar) -> list[Comp
 
 def _on_cluster(client, plans: Sequence[ComputePlan], tasks: Sequence[BatchTask], *, probe: str | None,
                 block_size: int, plugins: tuple[str, ...], options: Mapping[str, Mapping[str, Any]] | None, bar,
-                on_task_done: Callable[[BatchTask, ComputeReport], None] | None) -> list[ComputeReport]:
+                on_task_done: Callable[[BatchTask, ComputeReport], None] | None,
+                targets: Mapping[str, Mapping[str, str]], stall_timeout: float | None) -> list[ComputeReport]:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -165,11 +184,14 @@ def _on_cluster(client, plans: Sequence[ComputePlan], tasks: Sequence[BatchTask]
             bar.update(sum(done.values()))
 
     client.subscribe_topic(topic, lambda event: show(str(event[1][0]), int(event[1][1])))
+    force_of = {str(Path(p.run_dir).resolve()): p.force for p in plans}
     futures = {}
     for i, task in enumerate(tasks):
         key = f"scalars-compute-{batch}-{i}"
         fut = client.submit(_run_task, task, probe=probe, block_size=block_size, plugins=plugins, options=options,
-                            topic=topic, task_key=key, key=key, retries=TASK_RETRIES, pure=False)
+                            topic=topic, task_key=key, key=key, retries=TASK_RETRIES, pure=False,
+                            force=force_of[task.run_dir], targets=targets.get(task.run_dir, {}),
+                            stall_timeout=stall_timeout)
         futures[fut] = (key, task)
     reports = {str(Path(p.run_dir).resolve()): ComputeReport(p.run_dir) for p in plans}
     errors: list[str] = []
@@ -191,6 +213,7 @@ def _on_cluster(client, plans: Sequence[ComputePlan], tasks: Sequence[BatchTask]
                 on_task_done(task, rep)
     finally:
         client.unsubscribe_topic(topic)
+    _finish(plans, targets, list(reports.values()), ok=not errors)
     if errors:
         raise ValueError(f"{len(errors)} of {len(tasks)} tasks failed (the others are stored): "
                          f"{'; '.join(errors[:3])}; fix the cause and rerun the same command to compute the rest")
@@ -220,6 +243,7 @@ def compute_batch(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_task_done: Callable[[BatchTask, ComputeReport], None] | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
 ) -> list[ComputeReport]:
     """Compute the missing cells of `types` for every run in `run_dirs` (paths or globs); one report per run.
     `options` maps a type name to option overrides, as for `compute_run`.
@@ -253,18 +277,19 @@ def compute_batch(
     tasks = partition(plans, steps_per_task or default_steps_per_task(n_ckpts, n_workers))
     if scheduler is None and (n_workers == 1 or len(tasks) == 1 or (workers is None and len(plans) == 1)):
         with CellProgress(total, enabled=progress) as bar:
-            return _in_process(plans, block_size, bar)
+            return _in_process(plans, block_size, bar, stall_timeout)
     t0 = time.perf_counter()
     _validate(plans, block_size, options)
     with batch_client(workers=min(n_workers, len(tasks)), scheduler=scheduler, log=log) as client:
         if scheduler is not None and steps_per_task is None:  # size tasks for the cluster's workers
             tasks = partition(plans, default_steps_per_task(n_ckpts, sum(client.nthreads().values())))
-        _prepare(plans)
+        targets = _prepare(plans)
         if log:
             log(f"{len(tasks)} tasks (run x block of steps)")
         with CellProgress(total, enabled=progress) as bar:
             reports = _on_cluster(client, plans, tasks, probe=probe, block_size=block_size, plugins=plugins,
-                                  options=options, bar=bar, on_task_done=on_task_done)
+                                  options=options, bar=bar, on_task_done=on_task_done, targets=targets,
+                                  stall_timeout=stall_timeout)
     if log:
         log(f"batch finished in {time.perf_counter() - t0:.1f}s")
     return reports

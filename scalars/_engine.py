@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,6 +36,24 @@ ENGINE_VERSION = "1"
 def default_block_size() -> int:
     """Checkpoints per compiled call: 1 on CPU (activations stay cache-sized), 16 on accelerators."""
     return 1 if jax.default_backend() == "cpu" else 16
+
+
+# Host kernels of jaxlib's CPU runtime (LAPACK: eig, eigh, svd, qr, cholesky, lu, ...) that split a
+# batch of matrices over XLA's intra-op thread pool and block their pool thread until the parts are
+# done. When two programs run at once, such kernels can hold every pool thread waiting for parts
+# that no free thread is left to run: a deadlock at 0% CPU inside jaxlib (0.10). Programs holding one
+# are therefore run one at a time.
+_POOL_BLOCKING_KERNEL = re.compile(r"custom_call\s*@(lapack_\w+)")
+DEFAULT_STALL_TIMEOUT = 900.0  # seconds without a finished block before a compute is called stalled
+
+
+class StallError(RuntimeError):
+    """A compute made no progress for its stall timeout (its threads may still be stuck)."""
+
+
+def pool_blocking_kernels(lowered: Any) -> list[str]:
+    """Names of the CPU host kernels in a lowered program that block on XLA's intra-op pool."""
+    return sorted(set(_POOL_BLOCKING_KERNEL.findall(lowered.as_text()))) if jax.default_backend() == "cpu" else []
 
 
 def compute_streams() -> int:
@@ -94,6 +113,8 @@ def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe,
     """The stored variable of a type: dims, coords and attrs (a type with options stores its
     resolved options as a JSON string, so cells computed with other options are refused)."""
     extra = {"options": json.dumps(resolve_options(dst, options), sort_keys=True, default=str)} if dst.options else {}
+    if dst.fingerprint is not None:
+        extra["definition"] = dst.fingerprint
     return store.VariableSpec(
         name=dst.name,
         dims=tuple(dst.dims),
@@ -158,10 +179,11 @@ def plan_compute(
                        specs, committed, force, {k: dict(v) for k, v in options.items()})
 
 
-def _validate_program(fn: ComputeFn, param_shapes) -> None:
-    """Trace the program on shapes only: a type that raises or returns a wrong shape fails here."""
+def _validate_program(fn: ComputeFn, param_shapes) -> Any:
+    """Trace the program on shapes only: a type that raises or returns a wrong shape fails here.
+    Returns the lowered program."""
     try:
-        fn.trace_shapes(param_shapes)
+        return fn.trace_shapes(param_shapes)
     except ValueError:
         raise
     except Exception as exc:  # a user type's own error: name the type it came from
@@ -208,18 +230,21 @@ def compute_run(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     plan: ComputePlan | None = None,
+    targets: Mapping[str, str] | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
 ) -> ComputeReport:
     """Compute the missing (type, step) cells of `types` for one run and store them.
 
     Idempotent: a second call computes nothing; after a crash it computes only what is missing.
     `on_progress(cells_done, cells_total)` is called after every block. `options` maps a type
-    name to option overrides (stored in the variable's attrs).
+    name to option overrides (stored in the variable's attrs). `targets` are the arrays to write
+    (from `store.ensure_variables`) when the caller prepared the store itself; it then also
+    commits or discards staged replacements. A block that takes longer than `stall_timeout`
+    seconds raises StallError naming the types and steps; nothing half-written is left.
     """
     t0 = time.perf_counter()
     plan = plan or plan_compute(run_dir, types, steps=steps, probe=probe, force=force, options=options)
-    options = plan.options
     report = ComputeReport(plan.run_dir)
-    total = plan.n_cells
     block_size = block_size or default_block_size()
     # one compiled program per distinct set of missing types (normally just one)
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -228,50 +253,101 @@ def compute_run(
         key = tuple(t.name for t in plan.types if s in missing.get(t.name, ()))
         groups.setdefault(key, []).append(s)
     param_shapes, _ = model_template(plan.config)
-    programs = {}
+    programs, streams = {}, {}
     for names in groups:
         fn = _program(names, plan, block_size > 1)
         shapes = param_shapes if block_size == 1 else jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct((1 << (block_size - 1).bit_length(), *x.shape), x.dtype), param_shapes)
-        _validate_program(fn, shapes)  # user types fail here, before anything stored is touched
+        lowered = _validate_program(fn, shapes)  # user types fail here, before anything stored is touched
         programs[names] = fn
-    store.ensure_variables(plan.run_dir, plan.specs, plan.committed, force=plan.force)
-    if total == 0:
-        report.seconds = time.perf_counter() - t0
-        return report
-    reader = store.open_archive(plan.run_dir)
-    done = 0
-    streams = compute_streams() if block_size == 1 else 1
-    with concurrent.futures.ThreadPoolExecutor(1) as loader, concurrent.futures.ThreadPoolExecutor(streams) as workers, \
-            _CellWriter(plan, report) as writer:
-        for names, group_steps in groups.items():
-            fn = programs[names]
-            blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
-            future = loader.submit(_load, reader, blocks[0])
-            running: collections.deque = collections.deque()  # (steps, future of values), oldest first
-            in_flight = 0  # the first block runs alone: it compiles the program once, for every stream
-            for i in range(len(blocks) + 1):
-                if i < len(blocks):
-                    good, leaves, failed = future.result()
-                    if i + 1 < len(blocks):
-                        future = loader.submit(_load, reader, blocks[i + 1])  # prefetch while computing
-                    report.failed_steps.update(failed)
-                    if good:
-                        _warn_nonfinite(good, leaves, report)
-                        running.append((good, workers.submit(_compute_block, fn, param_shapes, good, leaves,
-                                                             block_size > 1)))
-                while running and (len(running) > in_flight or i == len(blocks)):
-                    steps_done, values = running[0][0], running.popleft()[1].result()
-                    in_flight = streams - 1
-                    writer.put(names, steps_done, values)  # stored in the background, values then mask
-                    report.checkpoints_computed += len(steps_done)
-                    report.cells_computed += len(steps_done) * len(names)
-                    done += len(steps_done) * len(names)
-                    if on_progress:
-                        on_progress(done, total)
-            report.traces += fn.trace_count
+        streams[names] = 1 if block_size > 1 or pool_blocking_kernels(lowered) else compute_streams()
+    own = targets is None
+    if own:
+        targets = store.ensure_variables(plan.run_dir, plan.specs, plan.committed, force=plan.force)
+    try:
+        if plan.n_cells:
+            _compute_groups(plan, groups, programs, streams, targets, block_size, param_shapes, report,
+                            on_progress, stall_timeout)
+    except BaseException:
+        if own:
+            store.discard_replacements(plan.run_dir, targets)
+        raise
+    if own:
+        report.warnings.extend(dropped_warnings(plan, store.commit_replacements(plan.run_dir, targets)))
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def dropped_warnings(plan: ComputePlan, dropped: Mapping[str, int]) -> list[str]:
+    """One sentence per replaced type whose old cells outside the recomputed steps were dropped."""
+    return [f"{name}: its definition changed, so {n} cell(s) of the old definition outside the recomputed "
+            f"steps were dropped (not mixed with the new ones); compute the type at those steps to fill them"
+            for name, n in dropped.items()]
+
+
+def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int]], programs: Mapping,
+                    streams: Mapping[tuple[str, ...], int], targets: Mapping[str, str], block_size: int,
+                    param_shapes, report: ComputeReport, on_progress: Callable[[int, int], None] | None,
+                    stall_timeout: float | None) -> None:
+    """Stream each group's checkpoints in blocks (the next read while one computes) through its program."""
+    total, done = plan.n_cells, 0
+    reader = store.open_archive(plan.run_dir)
+    n_workers = max(streams.values())
+    loader = concurrent.futures.ThreadPoolExecutor(1)
+    workers = concurrent.futures.ThreadPoolExecutor(n_workers)
+    stalled = False
+    try:
+        with _CellWriter(plan, report, targets) as writer:
+            for names, group_steps in groups.items():
+                fn = programs[names]
+                blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
+                future = loader.submit(_load, reader, blocks[0])
+                running: collections.deque = collections.deque()  # (steps, future of values), oldest first
+                in_flight = 0  # the first block runs alone: it compiles the program once, for every stream
+                for i in range(len(blocks) + 1):
+                    if i < len(blocks):
+                        good, leaves, failed = _wait(future, stall_timeout, plan, names, blocks[i], "reading")
+                        if i + 1 < len(blocks):
+                            future = loader.submit(_load, reader, blocks[i + 1])  # prefetch while computing
+                        report.failed_steps.update(failed)
+                        if good:
+                            _warn_nonfinite(good, leaves, report)
+                            running.append((good, workers.submit(_compute_block, fn, param_shapes, good, leaves,
+                                                                 block_size > 1)))
+                    while running and (len(running) > in_flight or i == len(blocks)):
+                        steps_done = running[0][0]
+                        values = _wait(running.popleft()[1], stall_timeout, plan, names, steps_done, "computing")
+                        in_flight = streams[names] - 1
+                        writer.put(names, steps_done, values)  # stored in the background, values then mask
+                        report.checkpoints_computed += len(steps_done)
+                        report.cells_computed += len(steps_done) * len(names)
+                        done += len(steps_done) * len(names)
+                        if on_progress:
+                            on_progress(done, total)
+                report.traces += fn.trace_count
+    except StallError:
+        stalled = True
+        raise
+    finally:  # a stalled thread never returns: do not wait for it
+        loader.shutdown(wait=not stalled, cancel_futures=True)
+        workers.shutdown(wait=not stalled, cancel_futures=True)
+
+
+def _wait(future: concurrent.futures.Future, timeout: float | None, plan: ComputePlan, names: Sequence[str],
+          steps: Sequence[int], doing: str) -> Any:
+    """The future's result, or StallError when it takes longer than `timeout` seconds; a failure at
+    run time (a type's `eqx.error_if`, a host callback that raises) becomes one sentence."""
+    span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:  # before OSError: TimeoutError is one
+        raise StallError(f"no progress for {timeout:g}s while {doing} {', '.join(names)} at step(s) {span} of "
+                         f"{plan.run_dir}; nothing half-written was stored; a type that waits on something "
+                         "that never comes (or a much slower machine) does this: fix the type, or raise "
+                         "--stall-timeout") from None
+    except jax.errors.JaxRuntimeError as exc:
+        raise ValueError(f"{doing} {', '.join(names)} at step(s) {span} of {plan.run_dir} failed: "
+                         f"{_runtime_reason(exc)}; the stored cells are as they were") from None
 
 
 _PROGRAMS: dict[tuple, ComputeFn] = {}  # compiled programs kept across calls (runs of one architecture)
@@ -307,13 +383,22 @@ def _compute_block(fn: ComputeFn, param_shapes, steps: list[int], leaves: dict, 
     return {k: np.stack([np.asarray(o[k]) for o in outs]) for k in outs[0]}
 
 
+def _runtime_reason(exc: BaseException) -> str:
+    """The informative line of an XLA run-time error (an `eqx.error_if` message, a callback's exception)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:  # equinox puts its message after this marker
+        if "EqxRuntimeError" in ln or ln.startswith("ValueError") or "Error:" in ln:
+            return ln.split("INTERNAL: ")[-1].replace("_EquinoxRuntimeError: ", "")[:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
 class _CellWriter:
     """Stores computed cells from a background thread (values first, computed mask last, as
     `store.write_cells` does), coalescing the blocks that arrive while a write is in flight; its
     errors surface on the next `put` or at exit, and exit waits until everything is stored."""
 
-    def __init__(self, plan: ComputePlan, report: ComputeReport):
-        self.plan, self.report = plan, report
+    def __init__(self, plan: ComputePlan, report: ComputeReport, targets: Mapping[str, str]):
+        self.plan, self.report, self.targets = plan, report, targets
         self.queue: list[tuple[tuple[str, ...], list[int], dict]] = []
         self.pool = concurrent.futures.ThreadPoolExecutor(1)
         self.future: concurrent.futures.Future | None = None
@@ -334,7 +419,7 @@ class _CellWriter:
             parts = [(steps, values[name]) for names, steps, values in batch if name in names]
             steps = [s for part_steps, _ in parts for s in part_steps]
             values = np.concatenate([v for _, v in parts])
-            store.write_cells(self.plan.run_dir, name, steps, values)
+            store.write_cells(self.plan.run_dir, self.targets[name], steps, values)
             _check_cells(self.plan, name, steps, values, self.report)
 
     def __enter__(self) -> "_CellWriter":

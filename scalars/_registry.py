@@ -15,8 +15,13 @@ returns an array of shape `type_shape(dst, config)`. Users add types from their 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import hashlib
+import inspect
+import marshal
+import textwrap
 import importlib.metadata
 import importlib.util
 import re
@@ -80,6 +85,7 @@ class DerivedScalarType:
     opt_in: bool = False
     check: Callable[[int, Any, Mapping[str, Any]], str | None] | None = None
     validate: Callable[[Mapping[str, Any], Any], None] | None = None
+    fingerprint: str | None = None  # of fn's code; None where `version` alone names the definition
 
     def __repr__(self) -> str:
         return f"DerivedScalarType({self.name!r}, dims={self.dims}, probe={self.probe!r})"
@@ -119,7 +125,7 @@ def register(
     description: str,
     probe: str | None = "default",
     units: str = "",
-    version: int = 1,
+    version: int | None = None,
     requires: str | None = None,
     options: Mapping[str, Any] | None = None,
     sizes: Mapping[str, int] | None = None,
@@ -129,16 +135,22 @@ def register(
 ) -> Callable[[Callable], Callable]:
     """Decorator registering `fn(model, probe, clean, ctx) -> array` as the type `name`.
 
+    Without `version`, the type's definition is the fingerprint of `fn`'s code (comments and layout
+    aside): edit the code and its stored cells are refused until recomputed with --force. An
+    explicit `version` (raise it when the meaning changes) names the definition instead, so code
+    edits that keep the meaning keep the stored cells. The built-in types are versioned that way.
     Refuses a name that is already registered (unregister it first to replace it).
     Returns the function unchanged; the type is `get_type(name)`.
     """
 
     def decorate(fn: Callable) -> Callable:
+        versioned = version is not None or _is_builtin(fn)
         dst = DerivedScalarType(
             name=name, fn=fn, dims=tuple(dims), description=description, probe=probe, units=units,
-            version=version, requires=requires, options=_pytypes.MappingProxyType(dict(options or {})),
+            version=1 if version is None else version, requires=requires,
+            options=_pytypes.MappingProxyType(dict(options or {})),
             sizes=_pytypes.MappingProxyType(dict(sizes or {})), opt_in=bool(opt_in), check=check,
-            validate=validate,
+            validate=validate, fingerprint=None if versioned else code_fingerprint(fn),
         )
         _validate(dst)
         if name in _REGISTRY:
@@ -185,6 +197,28 @@ def list_types() -> list[DerivedScalarType]:
 
 def _ensure_builtins() -> None:
     from . import _builtin  # noqa: F401  (registers the built-in types on first import)
+
+
+def _is_builtin(fn: Callable) -> bool:
+    """A type defined in this package: versioned by its `version` (and the engine's), not its code."""
+    return str(getattr(fn, "__module__", "")).split(".")[0] == __name__.split(".")[0]
+
+
+def code_fingerprint(fn: Callable) -> str:
+    """16 hex digits identifying `fn`'s code: its syntax tree without decorators (so comments,
+    layout and the registration's description do not count), or its bytecode where the source
+    cannot be read. Helpers that `fn` calls are not covered: give those types a `version`."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                node.decorator_list = []
+                break
+        text = ast.dump(tree, annotate_fields=False).encode()
+    except (OSError, TypeError, SyntaxError):
+        code = getattr(fn, "__code__", None)
+        text = marshal.dumps(code) if code is not None else repr(fn).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
 
 
 def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:

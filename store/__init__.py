@@ -25,7 +25,9 @@ from .run import run_lock as run_lock
 from .run import write_run_json as write_run_json
 from .scalars_store import check_variables as check_variables
 from .scalars_store import clear_cells as clear_cells
+from .scalars_store import commit_replacements as commit_replacements
 from .scalars_store import computed_mask as computed_mask
+from .scalars_store import discard_replacements as discard_replacements
 from .scalars_store import ensure_variables as ensure_variables
 from .scalars_store import missing_steps as missing_steps
 from .scalars_store import open_scalars as open_scalars
@@ -39,7 +41,7 @@ __all__ = [
     "ArchiveWriter", "ArchiveReader", "open_archive", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
     "MetricsWriter", "open_metrics",
-    "VariableSpec", "ensure_variables", "write_cells", "clear_cells", "computed_mask", "missing_steps",
+    "VariableSpec", "ensure_variables", "commit_replacements", "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps",
     "stored_steps", "open_scalars", "verify_scalars",
     "align_with_metrics", "open_run", "export_scalars",
 ]

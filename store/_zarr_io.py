@@ -28,7 +28,7 @@ from . import _shard_files as shard_files
 
 __all__ = [
     "Array", "Group", "group_exists", "open_group", "create_array", "get_array", "list_arrays",
-    "delete_node", "resize", "read_many", "write_many", "chunk_file", "slot_file", "dimension_names", "attrs",
+    "delete_node", "rename_node", "resize", "read_many", "write_many", "chunk_file", "slot_file", "dimension_names", "attrs",
     "ChunkReader", "lazy_array",
 ]
 
@@ -105,6 +105,16 @@ def delete_node(group: zarr.Group, name: str) -> None:
     """Delete an array (metadata and all chunks) if it exists."""
     if name in group:
         del group[name]
+
+
+def rename_node(root: str | os.PathLike[str], old: str, new: str) -> None:
+    """Rename array ``old`` of the local group at ``root`` to ``new`` (one directory rename; zarr v3
+    metadata does not record a node's own name). ``new`` must not exist."""
+    src, dst = os.path.join(os.fspath(root), old), os.path.join(os.fspath(root), new)
+    if os.path.exists(dst):
+        raise FileExistsError(f"cannot rename '{old}' to '{new}' in {root}: '{new}' exists")
+    os.rename(src, dst)
+    files.fsync_dir(root)
 
 
 def resize(array: zarr.Array, shape: Sequence[int]) -> None:

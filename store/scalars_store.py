@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -25,11 +25,16 @@ from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, c
 from .dims import STEP
 from .errors import StoreError
 
-__all__ = ["SCALARS", "VariableSpec", "check_variables", "ensure_variables", "write_cells", "clear_cells", "computed_mask",
-           "missing_steps", "open_scalars", "stored_steps"]
+__all__ = ["SCALARS", "VariableSpec", "check_variables", "ensure_variables", "commit_replacements",
+           "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps", "open_scalars",
+           "stored_steps"]
 
 SCALARS = "scalars.zarr"
 _STEP_CHUNK = 1024
+# A recompute of a variable whose definition changed writes to a staged copy named STAGED_PREFIX + name
+# (and its mask); the copy replaces the variable only when every cell of the request is computed.
+STAGED_PREFIX = "_staged__"
+_SWAP_PENDING = "swap_pending"  # attr of a staged mask: the swap into place has begun (finish it)
 
 
 def _root(run_dir: str | os.PathLike[str]) -> str:
@@ -63,10 +68,24 @@ def _stored_coord(group: Any, dim: str) -> np.ndarray | None:
     return None if arr is None else coord_values(arr[:], f"stored coord '{dim}'")
 
 
+def _internal(name: str) -> bool:
+    """A mask or a staged replacement: stored arrays that are not scalars of their own."""
+    return name.startswith((MASK_PREFIX, STAGED_PREFIX))
+
+
 def _variables(group: Any) -> dict[str, Any]:
     return {k: a for k, a in zio.list_arrays(group).items()
-            if not k.startswith(MASK_PREFIX) and zio.dimension_names(a)[:1] == (STEP,) and a.ndim >= 1
-            and k != STEP}
+            if not _internal(k) and zio.dimension_names(a)[:1] == (STEP,) and a.ndim >= 1 and k != STEP}
+
+
+_MISMATCH = {  # attr -> (what differs, how to keep the stored cells instead of recomputing)
+    "probe_hash": ("computed on another probe (probe hash {stored!r}, now {new!r})",
+                   "pass the probe they were computed on with --probe"),
+    "version": ("stored with version {stored}, the registered type is version {new}", None),
+    "definition": ("stored from another definition of the type (its code changed since; fingerprint "
+                   "{stored!r}, now {new!r})", "restore that code, or register the type with an explicit version="),
+    "options": ("stored with options {stored}, got {new}", "pass the stored options"),
+}
 
 
 def _check_existing(spec: VariableSpec, arr: Any) -> None:
@@ -74,14 +93,14 @@ def _check_existing(spec: VariableSpec, arr: Any) -> None:
     if dims != spec.dims or sizes != spec.sizes:
         got, want = (fmt_dims(dims), fmt_dims(spec.dims)) if dims != spec.dims else \
             (fmt_dims(dims, sizes), fmt_dims(spec.dims, spec.sizes))
-        raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; use --force or "
-                         "another name")
+        raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; use --force to "
+                         "recompute it or another name")
     stored = zio.attrs(arr)
-    for key, what in (("probe_hash", "probe hash"), ("version", "version"), ("options", "options")):
+    for key, (what, keep) in _MISMATCH.items():
         if key in stored and key in spec.attrs and stored[key] != spec.attrs[key]:
-            fix = "pass the stored options" if key == "options" else "use another probe name"
-            raise StoreError(f"scalar '{spec.name}' is stored with {what} {stored[key]!r}, got "
-                             f"{spec.attrs[key]!r}; use --force to recompute it or {fix}")
+            keep = f", or {keep}" if keep else ""
+            raise StoreError(f"scalar '{spec.name}' is {what.format(stored=stored[key], new=spec.attrs[key])}; "
+                             f"recompute it with --force (every step you want it at){keep}")
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -153,12 +172,37 @@ def _grow_steps(group: Any, stored: np.ndarray, steps: np.ndarray) -> np.ndarray
     return total
 
 
-def _create_variable(group: Any, spec: VariableSpec, n_steps: int) -> None:
-    zio.create_array(group, spec.name, shape=(n_steps, *spec.sizes), chunks=(1, *(max(1, s) for s in spec.sizes)),
+def _create_variable(group: Any, spec: VariableSpec, n_steps: int, name: str | None = None) -> None:
+    name = name or spec.name
+    zio.create_array(group, name, shape=(n_steps, *spec.sizes), chunks=(1, *(max(1, s) for s in spec.sizes)),
                      dtype=spec.dtype, fill_value=np.nan, dimension_names=(STEP, *spec.dims),
                      attributes=dict(spec.attrs), overwrite=True)
-    zio.create_array(group, mask_name(spec.name), shape=(n_steps,), chunks=(1,), dtype="uint8", fill_value=0,
+    zio.create_array(group, mask_name(name), shape=(n_steps,), chunks=(1,), dtype="uint8", fill_value=0,
                      dimension_names=(STEP,), attributes={"mask_of": spec.name}, compress=False, overwrite=True)
+
+
+def _swap_in(group: Any, root: str, name: str) -> None:
+    """Replace variable ``name`` by its staged copy. Idempotent, so a swap cut short by a crash is
+    finished by the next writer: the old mask goes first (its cells then read as uncomputed, never as
+    values of the other definition), the staged mask is renamed last."""
+    staged = STAGED_PREFIX + name
+    if zio.get_array(group, mask_name(staged)) is None:
+        return
+    zio.get_array(group, mask_name(staged)).attrs.update({_SWAP_PENDING: True})
+    zio.delete_node(group, mask_name(name))
+    if zio.get_array(group, staged) is not None:
+        zio.delete_node(group, name)
+        zio.rename_node(root, staged, name)
+    zio.rename_node(root, mask_name(staged), mask_name(name))
+    mask = zio.open_group(root, "r+")[mask_name(name)]
+    mask.attrs.update({_SWAP_PENDING: False})
+
+
+def _finish_swaps(group: Any, root: str) -> None:
+    """Finish every swap that a killed process began (see ``_swap_in``)."""
+    for key, arr in zio.list_arrays(group).items():
+        if key.startswith(MASK_PREFIX + STAGED_PREFIX) and zio.attrs(arr).get(_SWAP_PENDING):
+            _swap_in(group, root, key[len(MASK_PREFIX + STAGED_PREFIX):])
 
 
 def check_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpec]) -> None:
@@ -174,11 +218,16 @@ def check_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpe
 
 
 def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSpec], steps: Any, *,
-                     force: bool = False) -> None:
-    """Create ``scalars.zarr``, its step axis (grown to include ``steps``) and the given variables.
+                     force: bool = False) -> dict[str, str]:
+    """Create ``scalars.zarr``, its step axis (grown to include ``steps``) and the given variables;
+    return, per spec, the array its cells are to be written to (``write_cells``).
 
-    Existing variables must match dims, sizes and probe hash (else StoreError); ``force`` resets
-    them (every cell uncomputed, attrs replaced). Validates everything before changing anything.
+    A stored variable must match its spec (dims, sizes, probe hash, version, definition, options),
+    else StoreError. With ``force`` (the caller recomputes the requested cells) a matching variable
+    is kept as it is, its recomputed cells overwritten one by one with fresh values; a variable
+    whose definition differs gets a staged copy as its target, which ``commit_replacements`` swaps
+    in once every requested cell is computed and ``discard_replacements`` drops on failure, so a
+    failed recompute leaves every stored cell as it was. Validates everything before changing anything.
     """
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run directory '{run_dir}' does not exist; pass an existing run directory")
@@ -188,6 +237,7 @@ def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSp
         raise StoreError(f"scalar names {names} repeat; pass each scalar once")
     with exclusive_lock(_lock_path(run_dir)):
         group = zio.open_group(_root(run_dir), "a")
+        _finish_swaps(group, _root(run_dir))
         if zio.get_array(group, STEP) is None:
             zio.create_array(group, STEP, shape=(steps.size,), chunks=(_STEP_CHUNK,), dtype="int64",
                              fill_value=-1, dimension_names=(STEP,))
@@ -195,24 +245,64 @@ def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSp
             group.attrs.update({"kind": "scalar_store"})
         stored = _read_steps(group)
         existing = _variables(group)
-        reset = {s.name for s in specs if force and s.name in existing}
+        replace = set()
         for spec in specs:
-            if spec.name in existing and spec.name not in reset:
-                _check_existing(spec, existing[spec.name])
-        coords = _plan_coords(group, specs, reset)
+            if spec.name in existing:
+                try:
+                    _check_existing(spec, existing[spec.name])
+                except StoreError:
+                    if not force:
+                        raise
+                    replace.add(spec.name)
+        coords = _plan_coords(group, specs, replace)
         total = _grow_steps(group, stored, steps)
-        for name in reset:
-            zio.delete_node(group, mask_name(name))
-            zio.delete_node(group, name)
         for dim, values in coords.items():
             _write_coord(group, dim, values)
+        targets = {}
         for spec in specs:
-            if spec.name not in existing or spec.name in reset:
-                _create_variable(group, spec, total.size)
+            targets[spec.name] = STAGED_PREFIX + spec.name if spec.name in replace else spec.name
+            if spec.name not in existing or spec.name in replace:
+                _create_variable(group, spec, total.size, targets[spec.name])
             elif zio.get_array(group, mask_name(spec.name)) is None:  # a creation cut short
                 zio.create_array(group, mask_name(spec.name), shape=(total.size,), chunks=(1,), dtype="uint8",
                                  fill_value=0, dimension_names=(STEP,), attributes={"mask_of": spec.name},
                                  compress=False)
+        return targets
+
+
+def commit_replacements(run_dir: str | os.PathLike[str], targets: Mapping[str, str]) -> dict[str, int]:
+    """Swap every staged copy in ``targets`` (from ``ensure_variables``) into place; returns, per
+    replaced variable, how many cells of its old definition were dropped because the recompute did
+    not cover their steps."""
+    staged = {n: t for n, t in targets.items() if t != n}
+    if not staged:
+        return {}
+    dropped = {}
+    with exclusive_lock(_lock_path(run_dir)):
+        root = _root(run_dir)
+        group = zio.open_group(root, "r+")
+        for name, target in staged.items():
+            old, new = zio.get_array(group, mask_name(name)), zio.get_array(group, mask_name(target))
+            if new is None:
+                continue
+            n = min(old.shape[0], new.shape[0]) if old is not None else 0
+            if n:
+                was, now = zio.read_many([(old, slice(0, n)), (new, slice(0, n))])
+                dropped[name] = int(np.sum((was == 1) & (now != 1)))
+            _swap_in(group, root, name)
+    return {k: v for k, v in dropped.items() if v}
+
+
+def discard_replacements(run_dir: str | os.PathLike[str], targets: Mapping[str, str]) -> None:
+    """Drop the staged copies in ``targets`` (a recompute that failed): the stored variables stay as they were."""
+    staged = [t for n, t in targets.items() if t != n]
+    if not staged or not zio.group_exists(_root(run_dir)):
+        return
+    with exclusive_lock(_lock_path(run_dir)):
+        group = zio.open_group(_root(run_dir), "r+")
+        for target in staged:
+            zio.delete_node(group, mask_name(target))
+            zio.delete_node(group, target)
 
 
 def _handles(run_dir: str | os.PathLike[str], name: str, mode: str = "r+") -> tuple[np.ndarray, Any, Any]:
@@ -317,7 +407,7 @@ def _open_one(run_dir: str, *, computed_only: bool, with_masks: bool, steps_per_
     lazy: dict[str, tuple[tuple[str, ...], Any, dict[str, Any]]] = {}
     for name, arr in sorted(arrays.items()):
         dims = zio.dimension_names(arr)
-        if name in coords or dims[:1] != (STEP,):
+        if name in coords or dims[:1] != (STEP,) or name.startswith((STAGED_PREFIX, mask_name(STAGED_PREFIX))):
             continue
         chunks = (max(1, min(steps_per_chunk, n)), *arr.shape[1:])
         data = zio.lazy_array(arr, chunks, name=f"scalars-{name}-{token}")[:n]  # longer: an unfinished growth
@@ -329,9 +419,9 @@ def _open_one(run_dir: str, *, computed_only: bool, with_masks: bool, steps_per_
                 data_vars[name] = xr.Variable(dims, data == 1, attrs=attrs)
             continue
         mask = lazy.get(mask_name(name))
-        if computed_only and mask is not None:
-            computed = (mask[1] == 1).reshape((n,) + (1,) * (data.ndim - 1))
-            data = da.where(computed, data, np.nan)
+        if computed_only:  # no mask (a swap or creation cut short): nothing of it counts as computed
+            computed = (mask[1] == 1) if mask is not None else da.zeros(n, dtype=bool, chunks=data.chunks[0])
+            data = da.where(computed.reshape((n,) + (1,) * (data.ndim - 1)), data, np.nan)
         data_vars[name] = xr.Variable(dims, data, attrs=attrs)
     return xr.Dataset(data_vars, coords=coords, attrs={"source": root})
 

@@ -15,7 +15,7 @@ from . import _zarr_io as zio
 from ._schema import MASK_PREFIX, mask_name
 from .checkpoints import ARCHIVE, leaf_crc32
 from .dims import STEP
-from .scalars_store import SCALARS
+from .scalars_store import SCALARS, STAGED_PREFIX
 
 __all__ = ["verify_archive", "verify_scalars"]
 
@@ -112,7 +112,7 @@ def verify_scalars(run_dir: str | os.PathLike[str]) -> list[str]:
         problems.append(f"the step axis of {root} is not strictly increasing or has unfilled entries; rerun "
                         "`scalars compute` to finish growing it, or delete it and recompute")
     for name, arr in sorted(arrays.items()):
-        if name == STEP or name.startswith(MASK_PREFIX) or zio.dimension_names(arr)[:1] != (STEP,):
+        if name == STEP or name.startswith((MASK_PREFIX, STAGED_PREFIX)) or zio.dimension_names(arr)[:1] != (STEP,):
             continue
         mask = arrays.get(mask_name(name))
         if mask is None:

@@ -100,21 +100,31 @@ def test_schema_mismatch_errors_and_force(tmp_path):
     ensure_variables(run, [_spec()], STEPS)
     write_cells(run, "induction_score", [10], _value(10)[None])
     with pytest.raises(StoreError, match=r"scalar 'induction_score' is stored with dims \(step, layer, head\), "
-                                         r"got \(step, layer\); use --force or another name"):
+                                         r"got \(step, layer\); use --force to recompute it or another name"):
         ensure_variables(run, [_spec(dims=("layer",))], STEPS)
     with pytest.raises(StoreError, match=r"stored with dims \(step, layer: 2, head: 4\), "
                                          r"got \(step, layer: 2, head: 8\)"):
         ensure_variables(run, [_spec(heads=8)], STEPS)
-    with pytest.raises(StoreError, match=r"stored with probe hash 'abc', got 'zzz'; use --force to recompute it or "
-                                         r"use another probe name"):
+    with pytest.raises(StoreError, match=r"computed on another probe \(probe hash 'abc', now 'zzz'\); recompute it "
+                                         r"with --force \(every step you want it at\), or pass the probe they were "
+                                         r"computed on with --probe"):
         ensure_variables(run, [_spec(probe_hash="zzz")], STEPS)
     assert computed_mask(run, "induction_score").sum() == 1  # errors changed nothing
-    ensure_variables(run, [_spec(probe_hash="zzz")], STEPS, force=True)
+    # force: the changed definition is staged; the stored cells stay until the staged copy is committed
+    targets = ensure_variables(run, [_spec(probe_hash="zzz")], STEPS, force=True)
+    assert targets["induction_score"] != "induction_score"
+    assert computed_mask(run, "induction_score").sum() == 1
+    assert store.commit_replacements(run, targets) == {"induction_score": 1}  # one old cell dropped
     assert not computed_mask(run, "induction_score").any()
     ds = open_scalars(run, computed_only=False)
     assert ds.induction_score.attrs["probe_hash"] == "zzz" and np.isnan(ds.induction_score.values).all()
-    ensure_variables(run, [_spec(dims=("layer",))], STEPS, force=True)  # force may change dims too
+    targets = ensure_variables(run, [_spec(dims=("layer",))], STEPS, force=True)  # force may change dims too
+    store.commit_replacements(run, targets)
     assert open_scalars(run).induction_score.dims == ("step", "layer")
+    # force on an unchanged definition keeps every cell: the caller overwrites the ones it recomputes
+    write_cells(run, "induction_score", [10, 20], np.ones((2, 2)))
+    assert ensure_variables(run, [_spec(dims=("layer",))], STEPS, force=True) == {"induction_score": "induction_score"}
+    assert computed_mask(run, "induction_score").sum() == 2
 
 
 def test_bad_specs():
