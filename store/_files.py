@@ -1,4 +1,9 @@
-"""Small filesystem helpers: atomic writes (temp file + fsync + rename) and blocking file locks."""
+"""Small filesystem helpers: atomic writes (temp file + fsync + rename), stale temp files, blocking locks.
+
+Every file made here is built under a temporary name in its own folder (``.<name>.<random>.tmp``)
+and renamed into place, so a killed process leaves either no file or the whole one, plus at most a
+stale temporary file that ``remove_stale_temps`` deletes (the next writer calls it).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,18 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
-__all__ = ["atomic_write", "write_all", "fsync_dir", "exclusive_lock", "shared_lock"]
+__all__ = ["atomic_write", "atomic_write_fd", "write_all", "fsync_dir", "stale_temp_files", "remove_stale_temps",
+           "exclusive_lock", "shared_lock"]
+
+# ours (``atomic_write``: mkstemp's 8 characters; ``atomic_write_fd``: 16 hex digits) and zarr's
+# LocalStore (``<name>.<uuid4 hex>.partial``)
+_STALE = re.compile(r"^\..+\.[A-Za-z0-9_]{8,16}\.tmp$|^.+\.[0-9a-f]{32}\.partial$")
 
 
 def write_all(fd: int, data: bytes, offset: int) -> None:
@@ -54,6 +66,55 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.unlink(tmp)
         raise
     fsync_dir(folder)
+
+
+def atomic_write_fd(path: str | os.PathLike[str], write: Callable[[int], None], *, durable: bool = True) -> None:
+    """Write ``path`` via ``write(fd)`` (a new empty file, mode 0o666 less the umask) under a temporary
+    name in the same folder (made if absent), then rename it into place. ``durable`` fsyncs the file
+    before the rename and the folder after it (a power cut then leaves the old file or the new one
+    too); without it a kill still does. An OSError (ENOSPC) propagates, the temporary file removed."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
+        try:
+            write(fd)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(folder)
+
+
+def stale_temp_files(root: str | os.PathLike[str]) -> list[str]:
+    """Temporary files under ``root`` left by killed writers (``atomic_write``, ``atomic_write_fd``,
+    zarr's LocalStore), sorted; only meaningful while no writer is running."""
+    found = []
+    for folder, _, names in os.walk(os.fspath(root)):
+        found.extend(os.path.join(folder, n) for n in names if _STALE.match(n))
+    return sorted(found)
+
+
+def remove_stale_temps(root: str | os.PathLike[str]) -> list[str]:
+    """Delete ``stale_temp_files(root)`` (call it holding the writer's lock); returns what was removed."""
+    removed = []
+    for path in stale_temp_files(root):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

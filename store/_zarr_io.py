@@ -296,21 +296,13 @@ def write_many(items: Sequence[tuple[zarr.Array, Any, np.ndarray]]) -> None:
     sync(run())
 
 
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-
-
 def write_chunk_file(path: str, data: bytes) -> None:
-    """Write one chunk file (its folders made as needed); an OSError (e.g. ENOSPC) propagates.
-    Plain descriptor calls: a buffered file object costs a third more here."""
-    try:
-        fd = os.open(path, _CREATE, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, _CREATE, 0o666)
-    try:
-        files.write_all(fd, data, 0)
-    finally:
-        os.close(fd)
+    """Write one whole chunk file (its folders made as needed) under a temporary name and rename it
+    into place: a killed process leaves the old file or the new one, never a cut one (plus at most a
+    temporary file the next writer removes). Not fsynced: a slot's bytes in a shard file are not
+    either, and one fsync per leaf per checkpoint would dominate a dense schedule's saves. Plain
+    descriptor calls: a buffered file object costs a third more here. An OSError (ENOSPC) propagates."""
+    files.atomic_write_fd(path, lambda fd: files.write_all(fd, data, 0), durable=False)
 
 
 def write_leading_chunks(root: str | os.PathLike[str], items: Sequence[tuple[zarr.Array, int, np.ndarray]]) -> None:

@@ -9,7 +9,9 @@ Files: every array keeps one checkpoint per chunk, and small ones group up to 64
 chunks in a zarr shard file (``c.<slot // K>.0...``, at most 1 MiB), created once at full size and
 written in place. Creating a file per leaf per checkpoint cost more than the rest of training on a
 small model's dense schedule (benchmarks/RESULTS.md). Archives written before, a file per chunk in
-nested folders, still read and grow as they are.
+nested folders, still read and grow as they are. Every file is created whole under a temporary name
+and renamed into place (``_files.atomic_write_fd``); a writer opening the archive first deletes the
+temporary files a killed writer left.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from . import _files as files
 from . import _zarr_io as zio
 from ._names import check_name, safe_key
 from .errors import StoreError
@@ -143,6 +146,8 @@ class ArchiveWriter(_Archive):
         self._capacity_hint = max(1, int(capacity))
         self._steps = np.zeros(0, np.int64)
         specs = None if leaf_specs is None else _norm_specs(leaf_specs)
+        if os.path.isdir(self.root):
+            files.remove_stale_temps(self.root)  # left by a killed writer (one writer at a time)
         if zio.group_exists(self.root) and "kind" in zio.attrs(zio.open_group(self.root, "r")):
             self._load_layout("r+")
             if specs is not None and specs != self._specs:
@@ -233,9 +238,13 @@ class ArchiveWriter(_Archive):
         slot = int(self._steps.size)
         if slot >= self.capacity:
             self._grow(slot + 1)
-        zio.write_leading_chunks(self.root, [(self._leaves[n], slot, v) for n, v in values.items()])
         crcs = np.array([leaf_crc32(values[n]) for n in self._specs], dtype=np.uint32)
-        zio.write_leading_chunks(self.root, [(self._sum_arr, slot, crcs)])
+        try:
+            zio.write_leading_chunks(self.root, [(self._leaves[n], slot, v) for n, v in values.items()])
+            zio.write_leading_chunks(self.root, [(self._sum_arr, slot, crcs)])
+        except ValueError as e:  # a damaged shard file (its index fails its crc32c)
+            raise StoreError(f"checkpoint at step {step} cannot be written to '{self.root}': {e}; run `scalars "
+                             f"verify {self.run_dir}` to see which checkpoints it holds") from None
         self._commit(slot, step)
         self._steps = np.append(self._steps, np.int64(step))
 
