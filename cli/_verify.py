@@ -16,7 +16,10 @@ def verify_command(run_dir: str = typer.Argument(..., help="run directory")) -> 
     import store
 
     store.read_run_json(run_dir)
-    problems = store.verify_archive(run_dir) + store.verify_scalars(run_dir)
+    notes: list[str] = []
+    problems = store.verify_archive(run_dir, notes) + store.verify_scalars(run_dir)
+    for note in notes:  # left by a killed writer, cleared by the next one: not a problem
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     if problems:
         for p in problems:
             console.print(f"[red]problem:[/] {p}", soft_wrap=True)

@@ -28,7 +28,8 @@ from . import _shard_files as shard_files
 
 __all__ = [
     "Array", "Group", "group_exists", "open_group", "create_array", "get_array", "list_arrays",
-    "delete_node", "rename_node", "resize", "read_many", "write_many", "chunk_file", "slot_file", "dimension_names", "attrs",
+    "delete_node", "rename_node", "resize", "read_many", "write_many", "chunk_file", "slot_file",
+    "shard_file_states", "dimension_names", "attrs",
     "ChunkReader", "lazy_array",
 ]
 
@@ -333,6 +334,23 @@ def slot_file(root: str | os.PathLike[str], array: zarr.Array, slot: int) -> str
     """Filesystem path of the chunk or shard file that holds leading-axis ``slot`` of ``array``."""
     shard = tuple(getattr(array, "shards", None) or array.chunks)
     return chunk_file(root, array, (int(slot) // shard[0], *(0 for _ in array.shape[1:])))
+
+
+def shard_file_states(root: str | os.PathLike[str], array: zarr.Array) -> list[tuple[str, range, str, str]]:
+    """``(path, slots, state, detail)`` of every shard file present of an array stored in the slot
+    layout with more than one slot per file (empty for any other array); state and detail as
+    ``_shard_files.check_index`` gives them, slots the leading-axis slots the file holds."""
+    layout = _slot_layout(array)
+    if layout is None or layout.per_file == 1:
+        return []
+    k = layout.per_file
+    nbytes = int(np.prod(array.shape[1:], dtype=np.int64)) * layout.disk_dtype.itemsize
+    out = []
+    for first in range(0, int(array.shape[0]), k):
+        path = slot_file(root, array, first)
+        if os.path.exists(path):
+            out.append((path, range(first, first + k), *shard_files.check_index(path, k, layout.index_crc, nbytes)))
+    return out
 
 
 def chunk_file(root: str | os.PathLike[str], array: zarr.Array, coords: Sequence[int]) -> str:

@@ -1,7 +1,11 @@
 """Integrity checks of a run's stores; each returns problem sentences (empty list = all good).
 
 Every sentence names the step and the array and says what to do; nothing here raises on
-corrupted, truncated or deleted chunk files.
+corrupted, truncated or deleted chunk files. Every shard file's index (size, crc32c, entries within
+the file) is checked too, whether or not it holds a committed checkpoint: a damaged one is named
+with the checkpoint steps it holds. What a killed writer left and the next writer clears (temporary
+files, a shard whose index was never written and which holds no committed checkpoint) is not a
+problem: it goes to ``notes``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _files as files
 from . import _zarr_io as zio
 from ._schema import MASK_PREFIX, mask_name
 from .checkpoints import ARCHIVE, leaf_crc32
@@ -36,8 +41,35 @@ def _read_1d(arr: Any, n: int, what: str, problems: list[str]) -> np.ndarray | N
     return None if bad else np.array([np.asarray(v).reshape(()) for v in values])
 
 
-def verify_archive(run_dir: str | os.PathLike[str]) -> list[str]:
-    """Check every committed checkpoint: commit record order, chunk files, shapes, crc32 per leaf."""
+def _shard_problems(root: str, arrays: dict[str, Any], steps: np.ndarray | None, problems: list[str],
+                    notes: list[str]) -> None:
+    """Check the index of every shard file of ``arrays`` ({name: array}); ``steps`` are the committed
+    steps by slot (None if the commit record is unreadable)."""
+    resume = f"`scalars train --resume {os.path.dirname(root)}`"
+    for name, arr in arrays.items():
+        for path, slots, state, detail in zio.shard_file_states(root, arr):
+            if state == "ok":
+                continue
+            if steps is None:
+                held = f"the commit records of slots {slots.start}..{slots.stop - 1}"
+            else:
+                mine = steps[slots.start:slots.stop].tolist()
+                held = ("the checkpoints at steps " + ", ".join(map(str, mine))) if mine else ""
+            if state == "unwritten" and not held:
+                notes.append(f"shard file {path} of array '{name}' holds no checkpoint yet ({detail}); {resume} "
+                             "replaces it")
+            elif not held:
+                problems.append(f"shard file {path} of array '{name}' {detail}; it holds no committed checkpoint: "
+                                f"delete it and rerun {resume} (nothing committed is lost)")
+            else:
+                problems.append(f"shard file {path} of array '{name}' {detail}; it holds {held}; {_RESTORE}")
+
+
+def verify_archive(run_dir: str | os.PathLike[str], notes: list[str] | None = None) -> list[str]:
+    """Check every committed checkpoint (commit record order, chunk files, shapes, crc32 per leaf)
+    and every shard file's index. What a killed writer left for the next one to clear is appended
+    to ``notes`` if given (it is not a problem)."""
+    notes = [] if notes is None else notes
     root = os.path.join(os.fspath(run_dir), ARCHIVE)
     if not zio.group_exists(root):
         return [f"'{run_dir}' has no checkpoint archive ({ARCHIVE}); pass a run directory written by "
@@ -52,12 +84,19 @@ def verify_archive(run_dir: str | os.PathLike[str]) -> list[str]:
         return [f"{root} has unreadable metadata ({_err(e)}); {_RESTORE}"]
     if step_arr is None or sum_arr is None:
         return [f"{root} lacks its step or checksum array; {_RESTORE}"]
+    for path in files.stale_temp_files(root):
+        notes.append(f"{path} is a temporary file left by a killed writer; the next `scalars train --resume` "
+                     "removes it (or delete it)")
+    named = {"step": step_arr, "checksum": sum_arr, **{name: arrays[key] for name, _, _, key in layout
+                                                       if key in arrays}}
     raw = _read_1d(step_arr, step_arr.shape[0], "commit record 'step'", problems)
     if raw is None:
+        _shard_problems(root, named, None, problems, notes)
         return problems
     free = np.flatnonzero(raw == -1)
     n = int(free[0]) if free.size else raw.size
     steps = raw[:n]
+    _shard_problems(root, named, steps, problems, notes)
     for i in np.flatnonzero(raw[n:] != -1) + n:
         problems.append(f"checkpoint at step {raw[i]} (slot {i}) is committed after an uncommitted slot {n}; "
                         f"{_RESTORE}")
