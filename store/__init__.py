@@ -5,6 +5,8 @@ Knows nothing of models: it stores dicts of named numpy arrays and labeled xarra
 
 from . import dims as dims
 from ._schema import VariableSpec as VariableSpec
+from ._unstarted import clear_unstarted_run as clear_unstarted_run
+from ._unstarted import is_unstarted_run as is_unstarted_run
 from .align import align_with_metrics as align_with_metrics
 from .align import open_run as open_run
 from .checkpoints import ArchiveReader as ArchiveReader
@@ -38,6 +40,7 @@ from .verify import verify_scalars as verify_scalars
 
 __all__ = [
     "dims", "StoreError", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
+    "is_unstarted_run", "clear_unstarted_run",
     "ArchiveWriter", "ArchiveReader", "open_archive", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
     "MetricsWriter", "open_metrics",

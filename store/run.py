@@ -44,9 +44,14 @@ def write_run_json(run_dir: str | os.PathLike[str], info: dict[str, Any]) -> Non
 
 
 def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``RUN_DIR/run.json``; refuse a missing file, bad JSON, or a newer schema version."""
+    """Read ``RUN_DIR/run.json``; refuse a missing file (saying so when ``train`` was stopped before
+    writing it), bad JSON, or a newer schema version."""
     path = os.path.join(run_dir, RUN_JSON)
     if not os.path.isfile(path):
+        from ._unstarted import is_unstarted_run, unstarted_message
+
+        if is_unstarted_run(run_dir):
+            raise FileNotFoundError(unstarted_message(run_dir))
         raise FileNotFoundError(f"'{run_dir}' is not a run directory (no run.json); pass a directory "
                                 "written by `scalars train` or `scalars import`")
     try:

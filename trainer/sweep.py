@@ -123,7 +123,8 @@ def point_state(point: SweepPoint) -> str:
     """'new', 'resume' or 'finished'; a directory holding something else is a ValueError."""
     run_dir = Path(point.run_dir)
     if not store.is_run_dir(run_dir):
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if (run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+                and not store.is_unstarted_run(run_dir)):  # a point stopped before run.json is new
             raise ValueError(f"'{run_dir}' exists and is not a run of this sweep; move it away or choose another --out")
         return "new"
     stored = store.read_run_json(run_dir).get("config")

@@ -196,12 +196,13 @@ def _make_eval_fn(task: Task, static, eval_sets: dict):
 
 
 def check_out_dir(run_dir: Path) -> None:
-    """Refuse to train into a directory that already holds a run or other files."""
+    """Refuse to train into a directory that already holds a run or other files (one a ``train``
+    was stopped in before writing run.json counts as empty: see ``store.is_unstarted_run``)."""
     if store.is_run_dir(run_dir):
         raise FileExistsError(
             f"'{run_dir}' already holds a run; continue it with `scalars train --resume {run_dir}` or choose another --out"
         )
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not store.is_unstarted_run(run_dir):
         raise FileExistsError(f"'{run_dir}' exists and is not an empty directory; choose another --out")
 
 
@@ -227,6 +228,9 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.run_lock(run_dir, "train"):
+        if not resume:
+            check_out_dir(run_dir)  # again, under the lock: no other trainer is starting in it now
+            store.clear_unstarted_run(run_dir)
         start = 0
         archive = store.ArchiveWriter(run_dir, {k: (v.shape, v.dtype.name) for k, v in _to_host(params).items()})
         metrics = store.MetricsWriter(run_dir)
