@@ -39,6 +39,28 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def check_output_file(path: str) -> None:
+    """ValueError unless ``path`` can be written as a new or replaced file (checked before any work)."""
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"output '{path}' is a directory; pass a file name such as {os.path.join(path, 'plot.png')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"the folder of output '{path}' does not exist; create {parent} first or pass another path")
+
+
+def check_output_dir(path: str) -> None:
+    """ValueError if a directory cannot be made at ``path`` because something on its way is a file."""
+    import os
+
+    here = os.path.abspath(path)
+    while not os.path.exists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    if os.path.exists(here) and not os.path.isdir(here):
+        raise ValueError(f"cannot create '{path}': '{here}' is a file, not a folder; pass another --out")
+
+
 def exit_now(message: str, code: int) -> None:
     """Print one error line and end the process at once, without waiting for stuck threads."""
     import os

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ._errors import user_errors
+from ._errors import check_output_file, user_errors
 
 console = Console()
 
@@ -23,6 +23,9 @@ def show_command(
     """Show what a run stores, the top heads of a type at a step, or a type over steps."""
     import store
     from scalars.tables import nearest_step, over_steps, top_cells, top_heads
+
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
 
     ds = store.open_scalars(run_dir)
     if type_ is None:
@@ -72,6 +75,7 @@ def plot_command(
     import store
     from scalars.plotting import plot_type
 
+    check_output_file(out)
     ds = store.open_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs)
     n = plot_type(ds, type_, out, log_step=log_step)
     console.print(f"wrote {out} ({n} panels)")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from ._errors import user_errors
+from ._errors import check_output_dir, user_errors
 
 console = Console()
 
@@ -58,6 +58,7 @@ def train_command(
             return
         if out is None:
             raise ValueError("--out is required: the run directory to create, e.g. --out runs/tiny")
+        check_output_dir(out)
         if not quiet:
             console.print(f"[bold]preset[/] {cfg.get('preset')}  [bold]out[/] {out}")
             console.print(Syntax(json.dumps(cfg, indent=1), "json", word_wrap=True))

@@ -265,6 +265,8 @@ def compute_batch(
                          "so drop --workers")
     if block_size is not None and block_size < 1:
         raise ValueError(f"--block-size must be at least 1, got {block_size}")
+    if steps_per_task is not None and steps_per_task < 1:
+        raise ValueError(f"--steps-per-task must be at least 1, got {steps_per_task}")
     plans = plan_runs(run_dirs, types, all_types=all_types, steps=steps, probe=probe, force=force, options=options)
     total = sum(p.n_cells for p in plans)
     if log:

@@ -242,3 +242,14 @@ def from_regression_arrays(xs, ys, *, name: str = "regression", metadata: Mappin
             raise ValueError(f"regression probe '{name}': array '{key}' must have {x.shape[0]} rows, got {value.shape}")
         arrays[key] = value
     return Probe(name, arrays, dict(metadata or {}))
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a probe .npz; one sentence for a file that is not a numpy .npz archive."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError
+            return {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError):
+        raise ValueError(f"probe file '{path}' is not a numpy .npz archive (np.savez writes one)") from None

@@ -295,11 +295,14 @@ def load_plugin(path: str | Path) -> list[str]:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - any error in user code becomes one clear sentence
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any error in user code becomes one clear sentence
         for name in set(_REGISTRY) - before:
             del _REGISTRY[name]
         sys.modules.pop(mod_name, None)
-        raise ValueError(f"plugin {str(path)!r} raised {type(e).__name__}: {e}") from e
+        what = f"called sys.exit({e.code!r}) while being imported" if isinstance(e, SystemExit) else \
+            f"raised {type(e).__name__}: {e}"
+        raise ValueError(f"plugin {str(path)!r} {what}; a plugin file should only define and register types") \
+            from None
     added = sorted(set(_REGISTRY) - before)
     _LOADED_PLUGINS[key] = added
     return list(added)

@@ -16,6 +16,7 @@ import numpy as np
 
 from trainer.model import ModelConfig
 
+from ._probes import read_npz
 from ._pairs import PairProbe, classifier_label_swap_pair, pair_from_arrays, pair_from_npy, pair_from_repeated
 
 __all__ = ["PAIR_NAMES", "build_run_pair", "default_pair_name"]
@@ -33,8 +34,7 @@ def _vocab(config: ModelConfig) -> int | None:
 
 
 def _npz_pair(path: Path, config: ModelConfig) -> PairProbe | None:
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = read_npz(path)
     if "corrupt_tokens" not in arrays:
         return None
     if "tokens" not in arrays:

@@ -22,7 +22,8 @@ import numpy as np
 from trainer.model import ModelConfig
 
 from ._icl_probes import split_stride, stored_icl_dynamics_probe, take_every
-from ._probes import Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, repeated_tokens
+from ._probes import (Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, read_npz,
+                      repeated_tokens)
 from ._run_pairs import build_run_pair, default_pair_name
 
 EVAL_SET_SIZE = 512
@@ -78,6 +79,16 @@ def _stored_probe(run_dir: Path, name: str) -> Probe | None:
     return from_classifier_arrays(name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"}, **arrays)
 
 
+# what a probe .npz holds, by the arrays it must have: token, regression or classifier probes
+_NPZ_KINDS = {
+    "tokens": (("tokens",), lambda path, a: from_tokens(a["tokens"], name=path.stem, metadata={"source": path.name})),
+    "regression": (("xs", "ys"), lambda path, a: from_regression_arrays(
+        name=path.stem, metadata={"source": path.name}, **a)),
+    "classifier": (("examples", "labels"), lambda path, a: from_classifier_arrays(
+        name=path.stem, metadata={"source": path.name}, **a)),
+}
+
+
 def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelConfig) -> Probe:
     """The probe called `name` for the run in `run_dir` (its run.json content is `info`);
     `name:stride=K` keeps every K-th sequence."""
@@ -100,14 +111,12 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
         path = Path(name)
         if not path.is_file():
             raise ValueError(f"probe file {name!r} does not exist")
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        if "tokens" in arrays:
-            probe = from_tokens(arrays["tokens"], name=path.stem, metadata={"source": path.name})
-        elif "xs" in arrays:
-            probe = from_regression_arrays(name=path.stem, metadata={"source": path.name}, **arrays)
-        else:
-            probe = from_classifier_arrays(name=path.stem, metadata={"source": path.name}, **arrays)
+        arrays = read_npz(path)
+        kind = next((k for k in _NPZ_KINDS if set(_NPZ_KINDS[k][0]) <= set(arrays)), None)
+        if kind is None:
+            wanted = "; ".join(f"{', '.join(keys)} ({k})" for k, (keys, _) in _NPZ_KINDS.items())
+            raise ValueError(f"probe file {name!r} holds arrays {sorted(arrays)}; a probe .npz holds {wanted}")
+        probe = _NPZ_KINDS[kind][1](path, arrays)
         probe.check(config)
         return probe
     base, opts = _options(name)
@@ -131,8 +140,9 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
     if base in REGRESSION_PROBES or config.head == "regression":
         return _regression_probe(base, opts, run_dir, info, config)
     if config.head != "classifier":
-        raise ValueError(f"probe '{base}' is a classifier probe but this run is a token language model; "
-                         "use repeated_tokens or a .npy token file")
+        what = "a directory, not a probe file" if Path(name).is_dir() else "not a probe name this run knows"
+        raise ValueError(f"probe '{base}' is {what}; for this token language model use repeated_tokens "
+                         "(repeated_tokens:batch=N,T=N,seed=N), induction_pair, or a .npy/.npz token file")
     return _classifier_probe(base, opts, run_dir, info, config)
 
 

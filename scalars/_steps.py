@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+import store
+
 SPEC_HELP = "use e.g. '0-1000', '0,500,1000', 'every:4', 'last' or 'all'"
 
 
 def _nearest(steps: np.ndarray, step: int) -> str:
-    order = np.argsort(np.abs(steps - step))[:3]
-    return ", ".join(str(int(s)) for s in sorted(steps[order]))
+    return ", ".join(str(s) for s in store.nearest_steps(steps, step))
 
 
 def _int(text: str, spec: str) -> int:
@@ -24,6 +25,8 @@ def _int(text: str, spec: str) -> int:
         raise ValueError(f"bad --steps spec {spec!r}: {text!r} is not a step number; {SPEC_HELP}") from None
     if value < 0:
         raise ValueError(f"bad --steps spec {spec!r}: steps are non-negative, got {value}; {SPEC_HELP}")
+    if value >= 2**63:
+        raise ValueError(f"bad --steps spec {spec!r}: {value} is larger than any step a run can hold; {SPEC_HELP}")
     return value
 
 

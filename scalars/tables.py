@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+import store
+
 
 def nearest_step(ds: xr.Dataset, step: int | None) -> int:
     """`step` if stored, the last step if None; a clear error otherwise."""
@@ -12,7 +14,7 @@ def nearest_step(ds: xr.Dataset, step: int | None) -> int:
     if step is None:
         return int(steps[-1])
     if step not in set(steps.tolist()):
-        near = ", ".join(str(int(s)) for s in sorted(steps[np.argsort(np.abs(steps - step))[:3]]))
+        near = ", ".join(str(s) for s in store.nearest_steps(steps, step))
         raise ValueError(f"step {step} is not stored; nearest stored steps: {near}")
     return int(step)
 

@@ -5,6 +5,7 @@ Knows nothing of models: it stores dicts of named numpy arrays and labeled xarra
 
 from . import dims as dims
 from ._schema import VariableSpec as VariableSpec
+from ._schema import nearest_steps as nearest_steps
 from ._unstarted import clear_unstarted_run as clear_unstarted_run
 from ._unstarted import is_unstarted_run as is_unstarted_run
 from .align import align_with_metrics as align_with_metrics
@@ -44,7 +45,7 @@ __all__ = [
     "ArchiveWriter", "ArchiveReader", "open_archive", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
     "MetricsWriter", "open_metrics",
-    "VariableSpec", "ensure_variables", "commit_replacements", "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps",
+    "VariableSpec", "nearest_steps", "ensure_variables", "commit_replacements", "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps",
     "stored_steps", "open_scalars", "verify_scalars",
     "align_with_metrics", "open_run", "export_scalars",
 ]

@@ -19,11 +19,19 @@ from .dims import RUN, STEP
 from .errors import StoreError
 
 __all__ = ["VariableSpec", "MASK_PREFIX", "mask_name", "as_steps", "coord_values", "fmt_dims",
-           "STRING_COORDS_ATTR"]
+           "STRING_COORDS_ATTR", "nearest_steps"]
 
 MASK_PREFIX = "computed__"
 STRING_COORDS_ATTR = "string_coords"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+def nearest_steps(steps: Any, step: int) -> list[int]:
+    """The stored steps next to ``step`` on a sorted step axis: the last one before it and the first
+    one after it (one of them at the ends), for "step N is not stored; nearest: ..." messages."""
+    steps = np.asarray(steps, dtype=np.int64)
+    i = int(np.searchsorted(steps, min(max(int(step), -(2**62)), 2**62)))
+    return [int(s) for s in steps[max(0, i - 1):i + 1]]
 
 
 def mask_name(name: str) -> str:

@@ -46,7 +46,31 @@ def group_exists(path: str | os.PathLike[str]) -> bool:
 
 def open_group(path: str | os.PathLike[str], mode: str = "r") -> zarr.Group:
     """Open (mode "r"/"r+") or open-or-create (mode "a") a format 3 group, unconsolidated."""
-    return zarr.open_group(os.fspath(path), mode=mode, zarr_format=3, use_consolidated=False)
+    try:
+        return zarr.open_group(os.fspath(path), mode=mode, zarr_format=3, use_consolidated=False)
+    except ValueError as exc:  # unparsable metadata: name the file
+        raise _metadata_error(path, exc) from None
+
+
+def _metadata_error(root: str | os.PathLike[str], exc: BaseException | None) -> BaseException | None:
+    """A StoreError naming the first unreadable ``zarr.json`` of ``root`` or its direct children
+    (else ``exc`` itself)."""
+    import json
+
+    from .errors import StoreError
+
+    root = os.fspath(root)
+    children = [e.path for e in os.scandir(root) if e.is_dir()] if os.path.isdir(root) else []
+    for folder in [root, *sorted(children)]:
+        path = os.path.join(folder, "zarr.json")
+        if os.path.isfile(path):
+            try:
+                with open(path, "rb") as f:
+                    json.load(f)
+            except (ValueError, OSError) as bad:
+                return StoreError(f"the zarr metadata file {path} is damaged ({type(bad).__name__}); restore it, "
+                                  "or delete its folder and recompute what it held")
+    return exc
 
 
 def create_array(
@@ -99,6 +123,11 @@ def list_arrays(group: zarr.Group, under: str = "") -> dict[str, zarr.Array]:
         if under not in group:
             return {}
         group = group[under]
+    folder = os.path.join(os.fspath(group.store.root), *group.path.split("/")) if group.path else \
+        os.fspath(group.store.root)
+    bad = _metadata_error(folder, None)  # before zarr reads them concurrently (its pending reads would be
+    if bad is not None:                  # abandoned noisily at exit)
+        raise bad
     return {k: a.with_config(_ARRAY_CONFIG) for k, a in group.arrays()}
 
 

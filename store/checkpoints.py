@@ -27,6 +27,7 @@ import xarray as xr
 
 from . import _files as files
 from . import _zarr_io as zio
+from ._schema import nearest_steps
 from ._names import check_name, safe_key
 from .errors import StoreError
 
@@ -76,9 +77,7 @@ def _committed_prefix(steps: np.ndarray) -> int:
 def _nearest(steps: np.ndarray, step: int) -> str:
     if steps.size == 0:
         return "the archive has no committed checkpoints"
-    i = int(np.searchsorted(steps, step))
-    near = steps[max(0, i - 1):i + 1].tolist()
-    return "nearest committed steps: " + ", ".join(str(s) for s in near)
+    return "nearest committed steps: " + ", ".join(str(s) for s in nearest_steps(steps, step))
 
 
 class _Archive:

@@ -63,7 +63,10 @@ def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise StoreError(f"'{path}' does not hold a JSON object; restore it or re-create the run")
     version = info.get("schema_version", 0)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StoreError(f"'{path}' has schema_version {version!r}, not an integer; restore run.json from a copy "
+                         "or re-create the run")
+    if version > SCHEMA_VERSION:
         raise StoreError(f"'{run_dir}' was written by a newer version (schema {version} > "
                          f"{SCHEMA_VERSION}); upgrade the package")
     return info

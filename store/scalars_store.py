@@ -383,11 +383,48 @@ def missing_steps(run_dir: str | os.PathLike[str], name: str, steps: Sequence[in
     if not zio.group_exists(_root(run_dir)):
         return steps_arr
     try:
-        stored, _, mask = _handles(run_dir, name, "r")
+        stored, var, mask = _handles(run_dir, name, "r")
     except KeyError:
         return steps_arr
-    done = stored[zio.read_many([(mask, slice(0, stored.size))])[0] == 1]
-    return steps_arr[~np.isin(steps_arr, done)]
+    slots = np.flatnonzero(zio.read_many([(mask, slice(0, stored.size))])[0] == 1)
+    zeros = (0,) * (var.ndim - 1)  # a cell marked computed whose value chunk is gone is missing again
+    slots = [i for i in slots.tolist() if os.path.isfile(zio.chunk_file(_root(run_dir), var, (i, *zeros)))]
+    return steps_arr[~np.isin(steps_arr, stored[slots])]
+
+
+class _CheckedCells:
+    """Array-like (for dask) over one scalar variable's first ``len(steps)`` cells: computed cells are
+    read and must be intact, so a missing or damaged chunk is a StoreError naming the variable and
+    step, never a fill value shown as data; uncomputed cells (or all, without a mask) read as NaN."""
+
+    def __init__(self, var: Any, mask: Any | None, name: str, steps: np.ndarray, run_dir: str) -> None:
+        self.var, self.mask, self.name, self.steps, self.run_dir = var, mask, name, steps, run_dir
+        self.shape = (steps.size, *var.shape[1:])
+        self.ndim, self.dtype = len(self.shape), np.dtype(var.dtype)
+
+    def _damaged(self, slot: int, exc: BaseException) -> StoreError:
+        step, missing = int(self.steps[slot]), isinstance(exc, FileNotFoundError)
+        why = "its value chunk is missing" if missing else f"its value chunk is damaged ({type(exc).__name__}: " \
+            f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"
+        fix = "" if missing else f" --steps {step} --force"
+        return StoreError(f"scalar '{self.name}' at step {step} of {self.run_dir} is marked computed but {why}; run "
+                          f"`scalars compute {self.run_dir} --type {self.name}{fix}` to recompute it "
+                          "(`scalars verify` lists every damaged cell)")
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        start, stop, _ = key[0].indices(self.shape[0]) if isinstance(key[0], slice) else (key[0], key[0] + 1, 1)
+        out = np.full((max(0, stop - start), *self.shape[1:]), np.nan, self.dtype)
+        if self.mask is not None and stop > start:
+            (flags,) = zio.read_many([(self.mask, slice(start, stop))])
+            slots = (start + np.flatnonzero(np.asarray(flags) == 1)).tolist()
+            values = zio.read_many([(self.var, s) for s in slots], return_exceptions=True, missing_ok=False)
+            for slot, value in zip(slots, values):
+                if isinstance(value, BaseException):
+                    raise self._damaged(slot, value)
+                out[slot - start] = value
+        rest = key[1:]
+        return out[(slice(None), *rest)] if isinstance(key[0], slice) else out[(0, *rest)]
 
 
 def _open_one(run_dir: str, *, computed_only: bool, with_masks: bool, steps_per_chunk: int) -> xr.Dataset:
@@ -418,10 +455,11 @@ def _open_one(run_dir: str, *, computed_only: bool, with_masks: bool, steps_per_
             if with_masks:
                 data_vars[name] = xr.Variable(dims, data == 1, attrs=attrs)
             continue
-        mask = lazy.get(mask_name(name))
-        if computed_only:  # no mask (a swap or creation cut short): nothing of it counts as computed
-            computed = (mask[1] == 1) if mask is not None else da.zeros(n, dtype=bool, chunks=data.chunks[0])
-            data = da.where(computed.reshape((n,) + (1,) * (data.ndim - 1)), data, np.nan)
+        if computed_only:  # only computed cells are read, and those must be intact
+            cells = _CheckedCells(arrays[name], arrays.get(mask_name(name)), name, steps, os.fspath(run_dir))
+            data = da.from_array(cells, chunks=data.chunks, name=f"scalars-checked-{name}-{token}", lock=False,
+                                 asarray=False, fancy=False, inline_array=True,
+                                 meta=np.empty((0,) * data.ndim, data.dtype))
         data_vars[name] = xr.Variable(dims, data, attrs=attrs)
     return xr.Dataset(data_vars, coords=coords, attrs={"source": root})
 

@@ -20,6 +20,7 @@ from . import _zarr_io as zio
 from ._schema import MASK_PREFIX, mask_name
 from .checkpoints import ARCHIVE, leaf_crc32
 from .dims import STEP
+from .errors import StoreError
 from .scalars_store import SCALARS, STAGED_PREFIX
 
 __all__ = ["verify_archive", "verify_scalars"]
@@ -144,6 +145,8 @@ def verify_scalars(run_dir: str | os.PathLike[str]) -> list[str]:
         group = zio.open_group(root, "r")
         arrays = zio.list_arrays(group)
         raw_steps = np.asarray(arrays[STEP][:], dtype=np.int64)
+    except StoreError as e:  # names the damaged file itself
+        return [str(e)]
     except Exception as e:
         return [f"{root} has unreadable metadata or step axis ({_err(e)}); delete it and rerun `scalars compute`"]
     n = raw_steps.size
@@ -177,8 +180,9 @@ def verify_scalars(run_dir: str | os.PathLike[str]) -> list[str]:
             path = zio.chunk_file(root, arr, (i, *(0 for _ in arr.shape[1:])))
             if not os.path.isfile(path):
                 problems.append(f"scalar '{name}' at step {raw_steps[i]}: the mask says computed but the value "
-                                f"chunk is missing ({path}); {fix}")
+                                f"chunk is missing ({path}); `scalars compute {run_dir} --type {name}` recomputes it")
             elif isinstance(value, BaseException):
                 problems.append(f"scalar '{name}' at step {raw_steps[i]}: value chunk is unreadable "
-                                f"({_err(value)}); {fix}")
+                                f"({_err(value)}); recompute it with `scalars compute {run_dir} --type {name} "
+                                f"--steps {raw_steps[i]} --force`")
     return problems

@@ -57,7 +57,52 @@ def _setup(case: str, run: Path, tmp: Path) -> list[str]:
     if case == "bad_config_file":
         (tmp / "c.json").write_text("{not json")
         return ["train", "--config", str(tmp / "c.json"), "--out", str(tmp / "new")]
+    files = {  # cases that need a file made first
+        "config_holds_a_list": ("list.json", b"[1, 2]"),
+        "config_not_utf8": ("bad.toml", b"\xff\xfe\x00bad"),
+        "probe_npz_not_a_zip": ("p.npz", b"not a zip"),
+        "plugin_calls_exit": ("exit.py", b"import sys\nsys.exit(0)\n"),
+        "out_under_a_file": ("afile", b""),
+    }
+    if case in files:
+        name, data = files[case]
+        (tmp / name).write_bytes(data)
+    if case == "probe_npz_wrong_keys":
+        np.savez(tmp / "w.npz", a=np.zeros(3))
+    if case in ("probe_is_a_directory", "plot_out_is_a_directory", "config_is_a_directory"):
+        (tmp / "adir").mkdir()
+    if case == "string_schema_version":
+        import shutil
+
+        copy = tmp / "strschema"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock-*"))
+        info = json.loads((copy / "run.json").read_text())
+        info["schema_version"] = "1"
+        (copy / "run.json").write_text(json.dumps(info))
+        return ["compute", str(copy), "--type", "loss"]
+    train = ["train", "--preset", "induction-tiny", "--out", str(tmp / "new"), "--set"]
     return {
+        "seed_too_large": [*train, "seeds.init_seed=1180591620717411303424"],
+        "lr_nan": [*train, "train.lr=NaN"],
+        "lr_inf": [*train, "train.lr=Infinity"],
+        "grad_clip_negative": [*train, "train.grad_clip=-1"],
+        "b1_above_one": [*train, "train.b1=1.5"],
+        "too_many_steps": [*train, "train.steps=10000000000"],
+        "config_holds_a_list": ["train", "--config", str(tmp / "list.json"), "--out", str(tmp / "new")],
+        "config_not_utf8": ["train", "--config", str(tmp / "bad.toml"), "--out", str(tmp / "new")],
+        "config_is_a_directory": ["train", "--config", str(tmp / "adir"), "--out", str(tmp / "new")],
+        "out_under_a_file": ["train", "--preset", "induction-tiny", "--out", str(tmp / "afile" / "new")],
+        "steps_beyond_int64": ["compute", r, "--type", "loss", "--steps", "100000000000000000000"],
+        "show_step_beyond_int64": ["show", r, "--type", "induction_score", "--step", "100000000000000000000"],
+        "steps_per_task_zero": ["compute", r, r, "--type", "loss", "--steps-per-task", "0"],
+        "show_top_negative": ["show", r, "--type", "induction_score", "--top", "-5"],
+        "plot_out_is_a_directory": ["plot", r, "--type", "induction_score", "-o", str(tmp / "adir")],
+        "plot_out_in_missing_folder": ["plot", r, "--type", "induction_score", "-o", str(tmp / "no" / "x.png")],
+        "plugin_calls_exit": ["compute", r, "--plugin", str(tmp / "exit.py"), "--type", "loss"],
+        "unknown_probe_name": ["compute", r, "--type", "induction_score", "--probe", "nosuchprobe", "--force"],
+        "probe_is_a_directory": ["compute", r, "--type", "induction_score", "--probe", str(tmp / "adir"), "--force"],
+        "probe_npz_not_a_zip": ["compute", r, "--type", "induction_score", "--probe", str(tmp / "p.npz"), "--force"],
+        "probe_npz_wrong_keys": ["compute", r, "--type", "induction_score", "--probe", str(tmp / "w.npz"), "--force"],
         "unknown_preset": ["train", "--preset", "gpt5", "--out", str(tmp / "new")],
         "unknown_key": ["train", "--set", "model.n_layer=3", "--out", str(tmp / "new")],
         "wrong_value_type": ["train", "--set", "train.lr=fast", "--out", str(tmp / "new")],
@@ -105,6 +150,28 @@ CASES = {
     "show_unknown_step": "step 33 is not stored",
     "plot_unknown_type": "scalar 'nope' is not stored",
     "verify_not_a_run": "is not a run directory",
+    "seed_too_large": "seeds.init_seed must be an integer in [0, 2**32)",
+    "lr_nan": "train.lr must be a finite positive number, got nan",
+    "lr_inf": "train.lr must be a finite positive number, got inf",
+    "grad_clip_negative": "train.grad_clip must be a positive norm",
+    "b1_above_one": "train.b1 must be in [0, 1)",
+    "too_many_steps": "is more than this tool can schedule",
+    "config_holds_a_list": "holds a list, not a table of sections",
+    "config_not_utf8": "is not UTF-8 text",
+    "config_is_a_directory": "is a directory; pass a .json or .toml file",
+    "out_under_a_file": "is a file, not a folder",
+    "steps_beyond_int64": "is larger than any step a run can hold",
+    "show_step_beyond_int64": "is not stored; nearest stored steps: 60",
+    "steps_per_task_zero": "--steps-per-task must be at least 1, got 0",
+    "show_top_negative": "--top must be at least 1, got -5",
+    "plot_out_is_a_directory": "is a directory; pass a file name",
+    "plot_out_in_missing_folder": "does not exist; create",
+    "plugin_calls_exit": "called sys.exit(0) while being imported",
+    "unknown_probe_name": "probe 'nosuchprobe' is not a probe name this run knows",
+    "probe_is_a_directory": "is a directory, not a probe file",
+    "probe_npz_not_a_zip": "is not a numpy .npz archive",
+    "probe_npz_wrong_keys": "holds arrays ['a']; a probe .npz holds tokens",
+    "string_schema_version": "has schema_version '1', not an integer",
 }
 
 

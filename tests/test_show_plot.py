@@ -157,7 +157,7 @@ def test_show_top_heads_at_a_step_and_values_over_steps(tmp_path):
 def test_show_errors(tmp_path):
     run = _run(tmp_path, "r")
     r = runner.invoke(app, ["show", run, "--type", "induction_score", "--step", "15"])
-    assert r.exit_code == 2 and "step 15 is not stored; nearest stored steps: 0, 10, 20" in r.output
+    assert r.exit_code == 2 and "step 15 is not stored; nearest stored steps: 10, 20" in r.output
     r = runner.invoke(app, ["show", run, "--type", "nope"])
     assert r.exit_code == 2 and "scalar 'nope' is not stored in" in r.output
     r = runner.invoke(app, ["show", str(tmp_path / "missing")])

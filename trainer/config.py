@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from .presets import PRESETS
 
 SECTIONS = ("model", "task", "train", "seeds", "checkpoints", "interventions")
+MAX_STEPS = 2**31 - 1  # steps are stored as int64, scheduled and counted in int32 on device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +44,19 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"train.lr must be a finite positive number, got {self.lr}")
+        if self.steps > MAX_STEPS:
+            raise ValueError(f"train.steps={self.steps} is more than this tool can schedule ({MAX_STEPS:,}); "
+                             "pass fewer steps")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value < 1):
+                raise ValueError(f"train.{name} must be in [0, 1) (an Adam moment decay), got {value}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise ValueError(f"train.grad_clip must be a positive norm (or null for no clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"train.weight_decay must be a finite non-negative number, got {self.weight_decay}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
@@ -57,6 +70,12 @@ class SeedConfig:
     init_seed: int = 0
     train_seed: int = 0
     eval_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("init_seed", "train_seed", "eval_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < 2**32:
+                raise ValueError(f"seeds.{name} must be an integer in [0, 2**32), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +93,23 @@ def suggest(name: str, options) -> str:
 def load_config_file(path: str | Path) -> dict:
     """Read a JSON or TOML run config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file '{path}' is a directory; pass a .json or .toml file")
     if not path.is_file():
         raise FileNotFoundError(f"config file '{path}' does not exist; pass an existing .json or .toml file")
-    text = path.read_text()
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 {kind}") from None
+    try:
+        loaded = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"config file '{path}' is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+        raise ValueError(f"config file '{path}' is not valid {kind}: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file '{path}' holds a {type(loaded).__name__}, not a table of sections "
+                         f"({', '.join(SECTIONS)}); see `scalars train --show-config`")
+    return loaded
 
 
 def parse_value(text: str) -> Any:
