@@ -2,7 +2,8 @@
 
 A type is one decorated function (`@register(name, dims=..., probe=..., description=...)`);
 `make_compute_fn(types, config, probes)` turns a list of types into one jitted program per
-checkpoint. Dims come from the project vocabulary (`scalars.dims`, = `store.dims`).
+checkpoint. Dims come from the project vocabulary (`scalars.dims`, = `store.dims`). Inside one
+checkpoint: `load_model(run, step)`, `run_with_cache`, `ablate_head`, `patch_head`, ... (`scalars.one_checkpoint`).
 """
 
 from . import dims as dims
@@ -22,6 +23,14 @@ from ._engine import plan_compute as plan_compute
 from ._run_probes import build_run_probe as build_run_probe
 from ._steps import select_steps as select_steps
 from ._naive import naive_compute as naive_compute
+from .one_checkpoint import ActivationCache as ActivationCache
+from .one_checkpoint import CheckpointModel as CheckpointModel
+from .one_checkpoint import ablate_head as ablate_head
+from .one_checkpoint import ablate_neuron as ablate_neuron
+from .one_checkpoint import load_model as load_model
+from .one_checkpoint import patch_head as patch_head
+from .one_checkpoint import patch_resid as patch_resid
+from .one_checkpoint import run_with_cache as run_with_cache
 from ._pairs import PairProbe as PairProbe
 from ._pairs import classifier_label_swap_pair as classifier_label_swap_pair
 from ._pairs import induction_pair as induction_pair
@@ -60,4 +69,6 @@ __all__ = [
     "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "plan_compute", "StallError",
     "build_run_probe", "select_steps",
     "PairProbe", "induction_pair", "classifier_label_swap_pair", "pair_from_arrays", "pair_from_npy", "naive_patching",
+    "load_model", "CheckpointModel", "run_with_cache", "ActivationCache", "ablate_head", "patch_head", "ablate_neuron",
+    "patch_resid",
 ]
