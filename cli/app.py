@@ -19,6 +19,7 @@ from ._train import train_command  # noqa: E402
 from ._compute import compute_command, types_command  # noqa: E402
 from ._hf import export_command, export_scalars_command  # noqa: E402
 from ._import import import_command  # noqa: E402
+from ._open import open_command  # noqa: E402
 from ._show import plot_command, show_command  # noqa: E402
 from ._verify import verify_command  # noqa: E402
 
@@ -31,6 +32,7 @@ app.command("plot")(plot_command)
 app.command("import")(import_command)
 app.command("export")(export_command)
 app.command("export-scalars")(export_scalars_command)
+app.command("open")(open_command)
 
 
 @app.command()

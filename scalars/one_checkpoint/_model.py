@@ -21,7 +21,6 @@ from trainer.model import ModelConfig, Transformer, params_from_named
 
 from .._compute import model_template
 from .._engine import load_run_model_config
-from .._steps import _nearest
 
 __all__ = ["CheckpointModel", "load_model", "resolve_step", "batched_aux"]
 
@@ -82,9 +81,16 @@ def resolve_step(committed: np.ndarray, step: int | str, run: str | Path) -> int
     except (TypeError, ValueError):
         raise ValueError(f"step {step!r} is not a step number, 'first' or 'last'") from None
     if value not in set(committed.tolist()):
-        raise ValueError(f"step {value} is not a stored checkpoint of run '{run}'; the nearest stored steps are "
-                         f"{_nearest(committed, value)}")
+        raise ValueError(f"step {value} is not a stored checkpoint of run '{run}'; {_nearest(committed, value)}")
     return value
+
+
+def _nearest(committed: np.ndarray, step: int) -> str:
+    """The stored steps just below and just above `step`, in words."""
+    i = int(np.searchsorted(committed, step))
+    near = committed[max(0, i - 1):i + 1].tolist()
+    return (f"the nearest stored step is {near[0]}" if len(near) == 1
+            else f"the nearest stored steps are {near[0]} and {near[1]}")
 
 
 def load_model(run: str | Path, step: int | str = "last") -> CheckpointModel:
