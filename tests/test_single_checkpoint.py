@@ -302,6 +302,20 @@ def test_load_model_on_an_imported_icl_dynamics_run(tmp_path):
     assert "blocks.0.mlp.hook_post" in cache and cache["blocks.1.attn.hook_pattern"].shape[-1] == probe.seq_len
 
 
+def test_load_model_on_a_regression_run(memorizing_regression_run):
+    info = store.read_run_json(memorizing_regression_run)
+    config = ModelConfig.from_dict(info["model"])
+    probe = scalars.build_run_probe("default", memorizing_regression_run, info, config)
+    model = load_model(memorizing_regression_run, "last")
+    assert model.cfg is model.config and model.cfg.head == "regression"
+    logits, cache = run_with_cache(model, probe.inputs)  # {"xs": (B, K, D), "ys": (B, K)}
+    assert logits.shape == (probe.batch_size, probe.seq_len, 1)
+    reader = store.open_archive(memorizing_regression_run)
+    ref = load_named_leaves(build_model(config), reader.load(int(reader.steps[-1])))
+    close(logits, jax.vmap(ref)(probe.inputs), 1e-5)
+    assert "hook_embed" in cache and "blocks.0.mlp.hook_post" in cache
+
+
 # -------------------------------------------------------------------------------- scalars open
 
 
