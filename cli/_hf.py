@@ -19,17 +19,25 @@ console = Console()
 @user_errors
 def export_command(
     run_dir: str = typer.Argument(..., help="run directory"),
-    step: int = typer.Option(..., "--step", help="checkpoint step to export"),
+    step: str = typer.Option(..., "--step", help="checkpoint step to export: a step number, first or last"),
     format_: str = typer.Option("hf", "--format", help="checkpoint format: hf (GPT-2 config.json + model.safetensors)"),
     out: str = typer.Option(..., "-o", "--out", help="directory to create"),
 ) -> None:
     """Export one checkpoint of a GPT-2-compatible run as a Hugging Face GPT-2 directory."""
     if format_ != "hf":
         raise ValueError(f"--format {format_!r} is not supported; use --format hf")
+    import store
+    from scalars import select_steps
     from trainer.hf_gpt2 import export_hf
 
-    path = export_hf(run_dir, step, out)
-    console.print(f"wrote {path}/config.json and {path}/model.safetensors (step {step})")
+    if not store.is_run_dir(run_dir):
+        raise ValueError(f"'{run_dir}' is not a run directory (no run.json); pass a directory written by "
+                         "`scalars train` or `scalars import`")
+    (at,) = select_steps(step, store.open_archive(run_dir).steps) if "," not in step else (None,)
+    if at is None:
+        raise ValueError(f"--step takes one step (a number, first or last), got {step!r}")
+    path = export_hf(run_dir, int(at), out)
+    console.print(f"wrote {path}/config.json and {path}/model.safetensors (step {int(at)})")
 
 
 @user_errors

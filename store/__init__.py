@@ -4,6 +4,7 @@ Knows nothing of models: it stores dicts of named numpy arrays and labeled xarra
 """
 
 from . import dims as dims
+from ._files import file_mode as file_mode
 from ._schema import VariableSpec as VariableSpec
 from ._schema import nearest_steps as nearest_steps
 from ._unstarted import clear_unstarted_run as clear_unstarted_run
@@ -40,7 +41,7 @@ from .verify import verify_archive as verify_archive
 from .verify import verify_scalars as verify_scalars
 
 __all__ = [
-    "dims", "StoreError", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
+    "dims", "StoreError", "file_mode", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
     "is_unstarted_run", "clear_unstarted_run",
     "ArchiveWriter", "ArchiveReader", "open_archive", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",

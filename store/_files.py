@@ -50,12 +50,28 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: 0o666 less the process umask (read without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it (briefly) and back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` via ``write(fileobj)`` into a temp file in the same folder, fsync, rename."""
+    """Write ``path`` via ``write(fileobj)`` into a temp file in the same folder, fsync, rename. The file
+    gets the mode a plain ``open`` would give it (mkstemp's 0o600 would lock out a run's other users)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

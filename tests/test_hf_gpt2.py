@@ -211,6 +211,15 @@ def test_cli_export_of_attention_only_run_fails_cleanly(tiny_run, tmp_path):
     assert r.exit_code == 2 and "--format 'onnx' is not supported" in r.output
 
 
+def test_cli_export_takes_last_and_refuses_two_steps(gpt2_run, tmp_path):
+    last = int(store.open_archive(gpt2_run).steps[-1])
+    r = runner.invoke(app, ["export", str(gpt2_run), "--step", "last", "-o", str(tmp_path / "last")])
+    assert r.exit_code == 0, r.output
+    assert f"(step {last})" in r.output and (tmp_path / "last" / "model.safetensors").is_file()
+    r = runner.invoke(app, ["export", str(gpt2_run), "--step", "0,10", "-o", str(tmp_path / "two")])
+    assert r.exit_code == 2 and "--step takes one step" in r.output and not (tmp_path / "two").exists()
+
+
 def test_export_errors_write_nothing(gpt2_run, tmp_path):
     with pytest.raises(KeyError, match=r"step 15 is not a committed checkpoint.*nearest committed steps: 10, 20"):
         export_hf(gpt2_run, 15, tmp_path / "x")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from store import file_mode
+
 __all__ = ["CONFIG_JSON", "WEIGHTS", "tensor_headers", "read_checkpoint_dir", "step_from_name",
            "write_checkpoint_dir", "build_atomically"]
 
@@ -115,17 +117,42 @@ def step_from_name(d: str | os.PathLike[str], provenance: Any = None) -> int:
                      "or pass --steps")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Delete the ``.NAME.PID.*.partial`` folders beside ``out`` that a killed build left (their
+    process is gone); returns them."""
+    stale = []
+    for p in out.parent.glob(f".{out.name}.*.partial") if out.parent.is_dir() else []:
+        parts = p.name[len(out.name) + 2:].split(".")
+        if parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            shutil.rmtree(p, ignore_errors=True)
+            stale.append(p)
+    return stale
+
+
 def build_atomically(out: Path, fill: Callable[[Path], None]) -> None:
-    """Run ``fill(tmp)`` on a fresh directory beside ``out``, then rename it to ``out`` (gone on failure)."""
+    """Run ``fill(tmp)`` on a fresh directory beside ``out``, then rename it to ``out`` (gone on failure,
+    and removed by the next build if a kill left it). Files inside get the mode a plain ``open`` gives."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' already exists and is not empty; pass a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)
+        os.chmod(tmp, file_mode() | ((file_mode() & 0o444) >> 2))  # rwx where the umask lets rw
         fill(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, file_mode())
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
