@@ -11,6 +11,7 @@ checkpoint's resume state.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import threading
@@ -145,6 +146,20 @@ class _Writer(threading.Thread):
         self.check()
 
 
+class RunFinished(ValueError):
+    """`--resume` of a run that already reached its last step."""
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite: training stops there, earlier checkpoints kept."""
+
+    def __init__(self, step: int, loss: float, last_saved: int | None):
+        kept = f"checkpoints up to step {last_saved} are kept" if last_saved is not None else "no checkpoint was kept"
+        super().__init__(f"the training loss became {loss} at step {step}, so training stopped there ({kept}); "
+                         "lower train.lr or add train.warmup_steps and start a new run")
+        self.step, self.loss, self.last_saved = step, loss, last_saved
+
+
 @dataclasses.dataclass
 class TrainResult:
     run_dir: Path
@@ -228,6 +243,8 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.run_lock(run_dir, "train"):
+        if resume and from_step is None:
+            _refuse_finished(run_dir, tc.steps)
         if not resume:
             check_out_dir(run_dir)  # again, under the lock: no other trainer is starting in it now
             store.clear_unstarted_run(run_dir)
@@ -243,6 +260,15 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
             run_dir, archive, metrics, progress, start_saved=start in set(int(x) for x in archive.steps),
         )
     return result
+
+
+def _refuse_finished(run_dir: Path, steps: int) -> None:
+    """RunFinished (nothing touched) when the run's last checkpoint is its final step."""
+    committed = store.open_archive(run_dir).steps
+    if committed.size and int(committed[-1]) >= steps:
+        raise RunFinished(f"'{run_dir}' is already finished: its last checkpoint is step {int(committed[-1])} of "
+                          f"train.steps={steps}, so there is nothing to resume; train longer in a new run "
+                          "(`scalars train --config ... --set train.steps=N --out NEW`)")
 
 
 def _intact(reader: store.ArchiveReader, step: int) -> bool:
@@ -317,12 +343,20 @@ def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, s
     t0 = time.perf_counter()
 
     def drain(before: int) -> None:
-        """Fetch pending losses to the host; hand every complete row (step < before) to the writer."""
+        """Fetch pending losses to the host; hand every complete row (step < before) to the writer.
+        A non-finite loss stops training there (before the next save, whose weights it would poison)."""
         nonlocal pending, last_loss
         if pending:
             values = jax.device_get([v for _, v in pending])
+            bad = None
             for (s, _), v in zip(pending, values):
                 rows.setdefault(s, {})["train_loss"] = float(v)
+                if bad is None and not math.isfinite(float(v)):
+                    bad = (s, float(v))
+            if bad is not None:  # keep the rows before it, then stop
+                kept = [(s, rows.pop(s)) for s in sorted(rows) if s < bad[0]]
+                writer.submit(lambda batch=kept: flusher.append(batch))
+                raise TrainingDiverged(bad[0], bad[1], saved[-1] if saved else None)
             last_loss = float(values[-1])
             pending = []
         done = sorted(s for s in rows if s < before)
@@ -330,48 +364,53 @@ def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, s
             batch = [(s, rows.pop(s)) for s in done]
             writer.submit(lambda batch=batch: flusher.append(batch))
 
-    with TrainingProgress(tc.steps, start, enabled=progress) as bar:
-        for t in range(start, tc.steps + 1):
-            save, save_job = False, None
-            if not (start_saved and t == start):  # a resumed run's first step is already in the archive
-                adaptive = False
-                if saver is not None and t > 0:
+    try:
+        with TrainingProgress(tc.steps, start, enabled=progress) as bar:
+            for t in range(start, tc.steps + 1):
+                save, save_job = False, None
+                if not (start_saved and t == start):  # a resumed run's first step is already in the archive
+                    adaptive = False
+                    if saver is not None and t > 0:
+                        drain(t)
+                        adaptive = saver.update(t, last_loss)
+                    save = t in fixed_steps or adaptive
+                    if save and saver is not None and not adaptive:
+                        saver.mark_saved(t)
+                if save:
                     drain(t)
-                    adaptive = saver.update(t, last_loss)
-                save = t in fixed_steps or adaptive
-                if save and saver is not None and not adaptive:
-                    saver.mark_saved(t)
-            if save:
-                drain(t)
-                meta = {"step": t, "saver": saver.state_dict() if saver is not None else None}
+                    meta = {"step": t, "saver": saver.state_dict() if saver is not None else None}
 
-                def job(t=t, params=params, opt_state=opt_state, meta=meta):
-                    # fetched here, off the training thread (the copy waits for step t-1 to finish)
-                    host_params, host_opt = params_to_host(params), opt_to_host(opt_state)
-                    flusher.flush_if_due()
-                    store.write_resume_state(run_dir, t, host_opt, {**meta, "metrics_rows": metrics.buffered_rows()})
-                    archive.write_checkpoint(t, host_params)
-                    store.prune_resume_states(run_dir, keep=2)
+                    def job(t=t, params=params, opt_state=opt_state, meta=meta):
+                        # fetched here, off the training thread (the copy waits for step t-1 to finish)
+                        host_params, host_opt = params_to_host(params), opt_to_host(opt_state)
+                        flusher.flush_if_due()
+                        store.write_resume_state(run_dir, t, host_opt, {**meta, "metrics_rows": metrics.buffered_rows()})
+                        archive.write_checkpoint(t, host_params)
+                        store.prune_resume_states(run_dir, keep=2)
 
-                save_job = job
-                saved.append(t)
-            if t % tc.eval_every == 0 or t == tc.steps:
-                values = {k: float(v) for k, v in jax.device_get(eval_fn(params)).items()}
-                rows.setdefault(t, {}).update(values)
-                bar.evals(values)
-            if t < tc.steps:
-                params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(t, jnp.int32))
-                pending.append((t, loss))
-            if save_job is not None:  # handed over once step t is dispatched: XLA has work while it starts
-                writer.submit(save_job)
-            if t < tc.steps:
-                if (t + 1) % tc.log_every == 0:
-                    drain(t + 1)  # waits for step t: the time below is when it finished
-                    log_times.append((t + 1, time.perf_counter() - t0))
-                    bar.update(t + 1, last_loss)
-                else:
-                    bar.advance(t + 1)
-        drain(tc.steps + 1)
-        writer.submit(flusher.flush)
+                    save_job = job
+                    saved.append(t)
+                if t % tc.eval_every == 0 or t == tc.steps:
+                    values = {k: float(v) for k, v in jax.device_get(eval_fn(params)).items()}
+                    rows.setdefault(t, {}).update(values)
+                    bar.evals(values)
+                if t < tc.steps:
+                    params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(t, jnp.int32))
+                    pending.append((t, loss))
+                if save_job is not None:  # handed over once step t is dispatched: XLA has work while it starts
+                    writer.submit(save_job)
+                if t < tc.steps:
+                    if (t + 1) % tc.log_every == 0:
+                        drain(t + 1)  # waits for step t: the time below is when it finished
+                        log_times.append((t + 1, time.perf_counter() - t0))
+                        bar.update(t + 1, last_loss)
+                    else:
+                        bar.advance(t + 1)
+            drain(tc.steps + 1)
+            writer.submit(flusher.flush)
+            writer.close()
+    except TrainingDiverged:
+        writer.submit(flusher.flush)  # the rows and the checkpoints before the bad step are kept
         writer.close()
+        raise
     return TrainResult(run_dir, saved, last_loss, time.perf_counter() - t0, writer.busy_s, log_times)
