@@ -66,16 +66,30 @@ def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
 
 @user_errors
 def plot_command(
-    run_dirs: list[str] = typer.Argument(..., help="run directories (several: overlaid / faceted)"),
-    type_: str = typer.Option(..., "--type", "-t", help="scalar to plot"),
+    run_dirs: list[str] = typer.Argument(..., help="run directories or quoted globs (several: one row or line each)"),
+    type_: list[str] = typer.Option(..., "--type", "-t", help="scalar to plot (repeat to draw several on one axis)"),
     out: str = typer.Option(..., "-o", "--out", help="PNG file to write"),
     log_step: bool = typer.Option(False, "--log-step", help="logarithmic step axis"),
+    overlay: bool = typer.Option(False, "--overlay", help="one axis: a line per run (its best head, or --head)"),
+    head: Optional[str] = typer.Option(None, "--head", help="the (layer, head) cell to draw, as L.H (e.g. 1.3)"),
+    align_at: Optional[float] = typer.Option(None, "--align-at",
+                                             help="shift each line so it crosses this value at step 0 (marked)"),
 ) -> None:
-    """Plot a stored scalar: step x head heatmaps per layer and top-head lines, or lines over steps."""
+    """Plot stored scalars: step x head heatmaps and top heads, or lines comparing runs and types."""
     import store
     from scalars.plotting import plot_type
 
     check_output_file(out)
     ds = store.open_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs)
-    n = plot_type(ds, type_, out, log_step=log_step)
+    n = plot_type(ds, type_, out, log_step=log_step, overlay=overlay, head=_parse_head(head), align_at=align_at)
     console.print(f"wrote {out} ({n} panels)")
+
+
+def _parse_head(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        layer, head = (int(p) for p in text.replace(",", ".").split("."))
+    except ValueError:
+        raise ValueError(f"--head takes LAYER.HEAD, e.g. 1.3, got {text!r}") from None
+    return layer, head

@@ -53,6 +53,12 @@ def figures(monkeypatch):
     return saved
 
 
+def _grid(panels) -> tuple[int, int]:
+    """(rows, columns) of the panels, from their positions in the figure."""
+    boxes = [a.get_position() for a in panels]
+    return len({round(b.y0, 3) for b in boxes}), len({round(b.x0, 3) for b in boxes})
+
+
 def _image(path) -> np.ndarray:
     img = matplotlib.image.imread(path)
     assert img[..., :3].var() > 1e-3, "the PNG is blank"
@@ -65,9 +71,9 @@ def test_plot_layer_head_type_one_run(tmp_path, figures):
     r = runner.invoke(app, ["plot", run, "--type", "induction_score", "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert "3 panels" in r.output
-    img = _image(out)
-    assert img.shape[:2] == (320, 1200)  # one row of 2 heatmaps + 1 line panel, 4 x 3.2 inches each at 100 dpi
+    _image(out)
     (panels, fig), = figures
+    assert _grid(panels) == (1, 3)  # one row of 2 heatmaps + 1 line panel
     assert [a.get_title() for a in panels] == ["layer 0", "layer 1", "top 4 heads"]
     assert all(a.get_xscale() == "linear" for a in panels)
     clims = {a.collections[0].get_clim() for a in panels[:2]}  # one colour scale: layers can be compared
@@ -85,7 +91,8 @@ def test_plot_several_runs_faceted_with_log_step(tmp_path, figures):
     assert r.exit_code == 0, r.output
     (panels, fig), = figures
     assert len(panels) == 2 * (3 + 1) and "8 panels" in r.output  # a row per run; layers padded to 3
-    assert _image(out).shape[:2] == (640, 1600)
+    _image(out)
+    assert _grid(panels) == (2, 4)
     assert [a.get_title() for a in panels[:4]] == ["a layer 0", "a layer 1", "a layer 2", "top 4 heads"]
     assert all(a.get_xscale() == "symlog" for a in panels)
     assert panels[3].get_lines()[0].get_label() == "L1H2" and panels[7].get_lines()[0].get_label() == "L2H2"
@@ -111,6 +118,71 @@ def test_plot_per_layer_type_draws_a_line_per_layer(tmp_path, figures):
     _image(out)
     (panels, fig), = figures
     assert [line.get_label() for line in panels[0].get_lines()] == ["layer=0", "layer=1"]
+
+
+def test_plot_overlay_draws_one_line_per_run_for_its_best_or_a_chosen_head(tmp_path, figures):
+    runs = [_run(tmp_path, n, seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2))]
+    r = runner.invoke(app, ["plot", *runs, "--type", "induction_score", "--overlay", "-o", str(tmp_path / "o.png")])
+    assert r.exit_code == 0, r.output
+    (panels, _), = figures
+    assert len(panels) == 1
+    assert [line.get_label() for line in panels[0].get_lines()] == ["a L1H2", "b L1H2", "c L1H2"]
+    r = runner.invoke(app, ["plot", *runs, "--type", "induction_score", "--head", "0.1", "-o", str(tmp_path / "h.png")])
+    assert r.exit_code == 0, r.output
+    lines = figures[-1][0][0].get_lines()
+    assert [line.get_label() for line in lines] == ["a L0H1", "b L0H1", "c L0H1"]
+    np.testing.assert_allclose(lines[0].get_ydata(), 0.02 + 0.01 / 8, rtol=1e-6)
+    r = runner.invoke(app, ["plot", *runs, "--type", "induction_score", "--head", "5.0", "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "--head 5.0 is not a head of 'induction_score'" in r.output
+
+
+def test_plot_align_at_shifts_each_run_to_its_own_crossing(tmp_path, figures):
+    from scalars.plotting import crossing
+
+    runs = [_run(tmp_path, n, seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2))]
+    r = runner.invoke(app, ["plot", *runs, "--type", "induction_score", "--overlay", "--align-at", "0.5",
+                            "-o", str(tmp_path / "al.png")])
+    assert r.exit_code == 0, r.output
+    _image(tmp_path / "al.png")
+    (panels, _), = figures
+    curves = [ln for ln in panels[0].get_lines() if len(ln.get_xdata()) == len(STEPS)]
+    marks = [ln for ln in panels[0].get_lines() if len(ln.get_xdata()) == 1]
+    assert len(curves) == 3 and len(marks) == 3  # every run crosses, each crossing marked at (0, 0.5)
+    for line, seed in zip(curves, (0, 1, 2)):
+        t = np.log1p(np.array(STEPS, float))
+        values = 0.02 + 0.01 * 6 / 8 + 0.9 / (1 + np.exp(-(t - 4 - seed)))
+        at = crossing(np.array(STEPS), values, 0.5)
+        np.testing.assert_allclose(line.get_xdata(), np.array(STEPS) - at, atol=1e-3)  # float32 store
+        assert f"crosses at {at:.0f}" in line.get_label()
+    assert all(m.get_xdata()[0] == 0 and m.get_ydata()[0] == 0.5 for m in marks)
+    assert crossing(np.array([0, 10]), np.array([0.0, 1.0]), 0.25) == 2.5
+    assert crossing(np.array([0, 10]), np.array([0.0, 0.1]), 0.5) is None
+
+
+def test_plot_several_types_on_one_axis(tmp_path, figures):
+    run = _run(tmp_path, "r")
+    r = runner.invoke(app, ["plot", run, "--type", "loss", "--type", "induction_score", "-o", str(tmp_path / "t.png")])
+    assert r.exit_code == 0, r.output
+    (panels, _), = figures
+    assert [line.get_label() for line in panels[0].get_lines()] == ["loss", "induction_score L1H2"]
+
+
+def test_plot_a_many_dim_type_draws_its_top_cells_not_a_line_per_cell(tmp_path, figures):
+    run = str(tmp_path / "paths")
+    write_run_json(run, {"config": {"seeds": {"init_seed": 0}}})
+    coords = {"layer": np.arange(2), "head": np.arange(4), "src_layer": np.arange(2), "src_head": np.arange(4)}
+    ensure_variables(run, [VariableSpec("composition_k", tuple(coords), coords, {"probe_hash": "x"})], STEPS)
+    values = np.random.default_rng(0).uniform(0, 0.1, (len(STEPS), 2, 4, 2, 4)).astype(np.float32)
+    values[:, 1, 2, 0, 3] = np.linspace(0.2, 0.9, len(STEPS))  # the one that grows
+    write_cells(run, "composition_k", STEPS, values)
+    r = runner.invoke(app, ["plot", run, "--type", "composition_k", "-o", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    _image(tmp_path / "c.png")
+    (panels, _), = figures
+    lines = panels[0].get_lines()
+    assert len(lines) == 8 and lines[0].get_label() == "L0H3→L1H2"
+    assert panels[0].get_title() == "top 8 of 64 cells by final value"
+    assert len(panels[0].get_legend().get_texts()) == 8
 
 
 def test_plot_unknown_type_is_a_clean_error(tmp_path):
