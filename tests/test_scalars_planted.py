@@ -121,12 +121,17 @@ def test_planted_ablations(planted):
 
 
 def test_planted_composition_and_reconstitution(planted):
-    # ||W_O W_K|| = 4C (16 entries C); ||W_O|| = 4; ||W_K|| also holds the BOS fallback entry
-    np.testing.assert_allclose(planted["composition_k"][1, 0, 0, 0], C / np.sqrt(16 * C**2 + C_BOS**2), rtol=1e-5)
-    assert planted["composition_q"][1, 0, 0, 0] == 0.0 and planted["composition_v"][1, 0, 0, 0] == 0.0
-    assert planted["composition_k"][1, 0, 0, 1] == 0.0  # dead source head
-    for name in ("composition_q", "composition_k", "composition_v", "reconstituted_induction_q",
-                 "reconstituted_induction_k"):
+    # full circuits: OV^src maps tok_i -> prev_i (|OV| = 4); QK^dst = C^2 tok_i prev_i^T + C_BOS^2 tok_i pos_0^T
+    # (|QK| = 4 sqrt(C^4 + C_BOS^4)); OV QK^T = C^2 tok_i tok_i^T (norm 4 C^2)
+    np.testing.assert_allclose(planted["composition_k"][1, 0, 0, 0], C**2 / (4 * np.sqrt(C**4 + C_BOS**4)), rtol=1e-5)
+    # weights only: ||W_O W_K|| = 4C (16 entries C); ||W_O|| = 4; ||W_K|| also holds the BOS fallback entry
+    np.testing.assert_allclose(planted["composition_k_weights"][1, 0, 0, 0], C / np.sqrt(16 * C**2 + C_BOS**2),
+                               rtol=1e-5)
+    for suffix in ("", "_weights"):
+        assert planted[f"composition_q{suffix}"][1, 0, 0, 0] == 0.0 and planted[f"composition_v{suffix}"][1, 0, 0, 0] == 0.0
+        assert planted[f"composition_k{suffix}"][1, 0, 0, 1] == 0.0  # dead source head
+    for name in ("composition_q", "composition_k", "composition_v", "composition_k_weights",
+                 "reconstituted_induction_q", "reconstituted_induction_k"):
         assert np.isnan(planted[name][0]).all() and np.isnan(planted[name][1, :, 1]).all()
     # the query side of (1, 0) reads the current token only: removing (0, 0) there changes nothing
     np.testing.assert_allclose(planted["reconstituted_induction_q"][1, 0, 0, 0], planted["induction_score"][1, 0],

@@ -1,0 +1,139 @@
+"""The definitions of docs/definitions.md against references built here from the weights with numpy.
+
+Each reference is independent code (float64 numpy, or a full forward of the model with an edited
+cache), never the package's helper: composition scores from the d x d circuits, direct logit
+attribution from the head's z, W_O and the final LayerNorm written out, mean ablation from a full
+forward with one head's z replaced.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scalars
+from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves
+
+# MLP + LN + every bias, learned positions; d_head = 8 < d_model = 24 so the circuits are low rank
+LM_CFG = ModelConfig(n_layers=3, d_model=24, n_heads=3, vocab_size=20, n_ctx=16, qkv_bias=True, out_bias=True,
+                     mlp_bias=True, unembed_bias=True)
+
+
+def random_model(config: ModelConfig, seed: int, scale: float = 0.3):
+    """Normal noise on every parameter (LN gains and biases, b_V, b_O included)."""
+    rng = np.random.default_rng(seed)
+    shaped = eqx.filter_eval_shape(build_model, config)
+    model = jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), s.dtype), shaped)
+    return model
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in named_leaves(model).items()}
+
+
+def compute(model, types, probe=None, options=None) -> dict[str, np.ndarray]:
+    fn = scalars.make_compute_fn(types, model.config, probe, options=options)
+    return {k: np.asarray(v) for k, v in fn(eqx.filter(model, eqx.is_array)).items()}
+
+
+# -- composition scores ---------------------------------------------------------------------------
+
+def reference_composition(p: dict, n_layers: int, n_heads: int, which: str) -> np.ndarray:
+    """TransformerLens all_composition_scores(which) from the d x d circuits, in float64, laid out
+    [dst layer, dst head, src layer, src head] with NaN where src layer >= dst layer."""
+    def OV(l, h):
+        return p[f"blocks.{l}.attn.W_V"][h] @ p[f"blocks.{l}.attn.W_O"][h]
+
+    def QK(l, h):
+        return p[f"blocks.{l}.attn.W_Q"][h] @ p[f"blocks.{l}.attn.W_K"][h].T
+
+    right = {"q": QK, "k": lambda l, h: QK(l, h).T, "v": OV}[which]
+    out = np.full((n_layers, n_heads, n_layers, n_heads), np.nan)
+    for l2 in range(n_layers):
+        for h2 in range(n_heads):
+            for l1 in range(l2):
+                for h1 in range(n_heads):
+                    left, r = OV(l1, h1), right(l2, h2)
+                    out[l2, h2, l1, h1] = np.linalg.norm(left @ r) / (np.linalg.norm(left) * np.linalg.norm(r))
+    return out
+
+
+def reference_weight_composition(p: dict, n_layers: int, n_heads: int, which: str) -> np.ndarray:
+    out = np.full((n_layers, n_heads, n_layers, n_heads), np.nan)
+    for l2 in range(n_layers):
+        for h2 in range(n_heads):
+            W_X = p[f"blocks.{l2}.attn.W_{which.upper()}"][h2]
+            for l1 in range(l2):
+                for h1 in range(n_heads):
+                    W_O = p[f"blocks.{l1}.attn.W_O"][h1]
+                    out[l2, h2, l1, h1] = np.linalg.norm(W_O @ W_X) / (np.linalg.norm(W_O) * np.linalg.norm(W_X))
+    return out
+
+
+COMPOSITION_TYPES = [f"composition_{w}{s}" for w in "qkv" for s in ("", "_weights")]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_composition_equals_full_circuit_reference(seed):
+    model = random_model(LM_CFG, seed)
+    p, L, H = weights(model), LM_CFG.n_layers, LM_CFG.n_heads
+    out = compute(model, COMPOSITION_TYPES)
+    for which in "qkv":
+        ref = reference_composition(p, L, H, which)
+        got = out[f"composition_{which}"]
+        assert np.array_equal(np.isnan(got), np.isnan(ref))  # NaN exactly where src_layer >= layer
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6, err_msg=which)
+        assert np.nanmin(ref) > 0.05  # random circuits: real numbers, not zeros
+        weights_only = out[f"composition_{which}_weights"]
+        np.testing.assert_allclose(weights_only, reference_weight_composition(p, L, H, which), rtol=0, atol=1e-6)
+        # the two definitions differ (on random weights both sit near sqrt(d_head / d_model); planted cases below)
+        assert np.nanmax(np.abs(weights_only - got)) > 0.01, which
+
+
+def planted_composition_model(a: float, b: float):
+    """Two layers, one head each, no LN. The src head's OV maps u_i -> w_i (i < 4, |OV| = 2); the dst
+    head's QK = a * sum_i w_i u_i^T + b * sum_j p_j p_j^T (j < 4, W_Q = W_K's counterpart), so its
+    query side reads the src's output space: Q-composition ||OV QK|| / (|OV| |QK|) = a / (2 sqrt(a^2 + b^2)),
+    K-composition ||OV QK^T|| = 0 (QK^T reads u, OV writes only w), V-composition 0 (dst OV is zero)."""
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=1, vocab_size=4, n_ctx=4, attn_only=True,
+                      layernorm=False, qkv_bias=False, out_bias=False)
+    shaped = eqx.filter_eval_shape(build_model, cfg)
+    model = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shaped)
+    p = {k: np.array(v) for k, v in named_leaves(model).items()}
+    U, W, P = 0, 4, 8  # subspace offsets: u_i = e_{U+i}, w_i = e_{W+i}, p_j = e_{P+j}
+    i = np.arange(4)
+    p["blocks.0.attn.W_V"][0, U + i, i] = 1.0
+    p["blocks.0.attn.W_O"][0, i, W + i] = 1.0
+    # QK = W_Q W_K^T: W_Q e-columns 0..3 read w_i, 4..7 read p_j; W_K e-columns 0..3 read u_i, 4..7 p_j
+    p["blocks.1.attn.W_Q"][0, W + i, i] = a
+    p["blocks.1.attn.W_K"][0, U + i, i] = 1.0
+    p["blocks.1.attn.W_Q"][0, P + i, 4 + i] = b
+    p["blocks.1.attn.W_K"][0, P + i, 4 + i] = 1.0
+    return load_named_leaves(model, p)
+
+
+def test_planted_composition_has_the_known_score():
+    a, b = 3.0, 4.0
+    model = planted_composition_model(a, b)
+    out = compute(model, COMPOSITION_TYPES)
+    np.testing.assert_allclose(out["composition_q"][1, 0, 0, 0], a / (2 * np.hypot(a, b)), rtol=1e-6)  # 0.3
+    assert out["composition_k"][1, 0, 0, 0] == 0.0 and out["composition_v"][1, 0, 0, 0] == 0.0
+    # weights only: ||W_O W_Q|| = 2a over |W_O| = 2, |W_Q| = 2 sqrt(a^2 + b^2): the same here ...
+    np.testing.assert_allclose(out["composition_q_weights"][1, 0, 0, 0], a / (2 * np.hypot(a, b)), rtol=1e-6)
+    # ... but W_K reads u, which the src's W_O never writes, and the full circuit agrees on K
+    assert out["composition_k_weights"][1, 0, 0, 0] == 0.0
+    for name in COMPOSITION_TYPES:
+        assert np.isnan(out[name][0]).all() and np.isnan(out[name][1, :, 1]).all(), name
+
+
+def test_planted_composition_where_weights_only_and_full_circuit_disagree():
+    """A src head whose W_O writes into what the dst W_Q reads, but whose OV is rank-deficient
+    there: the full circuit is 0 (its W_V reads nothing), the weights-only score is not."""
+    model = planted_composition_model(3.0, 4.0)
+    p = {k: np.array(v) for k, v in named_leaves(model).items()}
+    p["blocks.0.attn.W_V"][:] = 0.0
+    p["blocks.0.attn.W_V"][0, 0, 4] = 1.0  # the value reads u_0 into e-column 4, which W_O never writes
+    out = compute(load_named_leaves(model, p), COMPOSITION_TYPES)
+    assert out["composition_q"][1, 0, 0, 0] == 0.0  # OV = 0: composes with nothing
+    np.testing.assert_allclose(out["composition_q_weights"][1, 0, 0, 0], 0.3, rtol=1e-6)
