@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 
 from ._registry import register
 
-__all__ = ["direct_logit_attributions"]
+__all__ = ["direct_logit_attributions", "value_bias_writes"]
 
 
 @register("loss", dims=(), units="nats",
@@ -45,10 +45,26 @@ def logit_lens_loss(model, probe, clean, ctx):
     return ctx.logit_lens_metrics()[0]
 
 
-def direct_logit_attributions(model, probe, clean: dict) -> Float[Array, "layer head"]:
+def value_bias_writes(block) -> Float[Array, "head d"]:
+    """What each head writes at every position whatever it attends to: (ln1.b W_V + b_V) W_O.
+
+    The pattern's rows sum to 1, so the constant part of v (the LN bias through W_V, plus b_V)
+    reaches the residual stream unchanged; TransformerLens' `fold_value_biases` moves it into b_O."""
+    attn = block.attn
+    const = jnp.zeros(attn.W_V.shape[::2], attn.W_V.dtype)  # (H, e)
+    if block.ln1.b is not None:
+        const = const + jnp.einsum("d,hde->he", block.ln1.b, attn.W_V)
+    if attn.b_V is not None:
+        const = const + attn.b_V
+    return jnp.einsum("he,hed->hd", const, attn.W_O)
+
+
+def direct_logit_attributions(model, probe, clean: dict, *, fold_value_biases: bool = False) -> Float[Array, "layer head"]:
     """Each head's result, centered and divided by the clean final-LN scale (frozen) and times
     the LN gain, dotted with W_U[:, correct] - mean_v W_U[:, v] (regression probes: with W_U[:, 0],
-    the prediction, at the x tokens); mean over positions, sequences."""
+    the prediction, at the x tokens); mean over positions, sequences. `fold_value_biases`: the
+    result without the head's constant value write (`value_bias_writes`), as TransformerLens's
+    default `fold_value_biases=True`."""
     W_U = model.unembed_matrix  # (d, V)
     if probe.kind == "regression":  # one output: the direct effect on the prediction, at the x tokens
         ys = probe.arrays["ys"]
@@ -62,8 +78,10 @@ def direct_logit_attributions(model, probe, clean: dict) -> Float[Array, "layer 
         direction = W_U.T[correct] - W_U.mean(1)  # (B, P, d)
     ln = model.ln_final
     out = []
-    for layer_out in clean["layer_outputs"]:
+    for block, layer_out in zip(model.blocks, clean["layer_outputs"]):
         result = layer_out["attn_output"]["result"][:, :, positions]  # (B, H, P, d)
+        if fold_value_biases:
+            result = result - value_bias_writes(block)[None, :, None, :]
         if ln.w is not None:
             scale = clean["ln_final_output"]["scale"][:, None, positions]  # (B, 1, P, 1)
             result = (result - result.mean(-1, keepdims=True)) / scale * ln.w
@@ -71,8 +89,17 @@ def direct_logit_attributions(model, probe, clean: dict) -> Float[Array, "layer 
     return jnp.stack(out)
 
 
-@register("direct_logit_attribution", dims=("layer", "head"), units="logit",
+def _check_fold_option(options, probe) -> None:
+    if not isinstance(options["fold_value_biases"], bool):
+        raise ValueError("direct_logit_attribution.fold_value_biases must be true or false, got "
+                         f"{options['fold_value_biases']!r}")
+
+
+@register("direct_logit_attribution", dims=("layer", "head"), units="logit", version=2,
+          options={"fold_value_biases": False}, validate=_check_fold_option,
           description="head output's direct effect on the correct-minus-mean logit: result through the final LN "
-                      "with its scale frozen at the clean value, averaged over predicted positions and sequences")
+                      "with its scale frozen at the clean value, averaged over predicted positions and sequences "
+                      "(TransformerLens with fold_value_biases=False); option fold_value_biases=true leaves out the "
+                      "head's constant value write (ln1.b W_V + b_V) W_O, as TransformerLens's default")
 def direct_logit_attribution(model, probe, clean, ctx):
-    return direct_logit_attributions(model, probe, clean)
+    return direct_logit_attributions(model, probe, clean, fold_value_biases=ctx.options["fold_value_biases"])

@@ -137,3 +137,99 @@ def test_planted_composition_where_weights_only_and_full_circuit_disagree():
     out = compute(load_named_leaves(model, p), COMPOSITION_TYPES)
     assert out["composition_q"][1, 0, 0, 0] == 0.0  # OV = 0: composes with nothing
     np.testing.assert_allclose(out["composition_q_weights"][1, 0, 0, 0], 0.3, rtol=1e-6)
+
+
+# -- direct logit attribution ---------------------------------------------------------------------
+
+def clean_run(model, probe) -> dict:
+    """The model's own forward on the probe batch (activations only; no scalars helper)."""
+    return jax.vmap(model.call_with_all_aux)(probe.inputs)
+
+
+def reference_dla(model, probe, *, fold_value_biases: bool) -> np.ndarray:
+    """Per-head DLA in numpy from each head's pattern, ln1 output and weights (token probes).
+
+    result_h[t] = sum_s A[t, s] v_h[s] W_O^h with v_h = ln1_out W_V^h + b_V^h; folded (TransformerLens
+    fold_ln + fold_value_biases): v_h = (ln1_out - ln1.b) W_V^h, i.e. the LN-normalised input times
+    the gain through W_V, no bias. Then TransformerLens' apply_ln_to_stack: centre, divide by the
+    clean final-LN scale; times the final gain, dot W_U[:, next token] - mean_v W_U[:, v]; mean over
+    positions 0..S-2 and sequences."""
+    p, run = weights(model), clean_run(model, probe)
+    tokens = np.asarray(probe.arrays["tokens"])
+    W_U = p["W_U"]
+    direction = W_U.T[tokens[:, 1:]] - W_U.mean(1)  # (B, S-1, d)
+    final = np.asarray(run["layer_outputs"][-1]["resid_post"], np.float64)  # (B, S, d)
+    centred = final - final.mean(-1, keepdims=True)
+    scale = np.sqrt((centred**2).mean(-1, keepdims=True) + model.config.ln_eps)[:, :-1]  # (B, S-1, 1)
+    out = np.zeros((model.config.n_layers, model.config.n_heads))
+    for layer, lo in enumerate(run["layer_outputs"]):
+        x = np.asarray(lo["ln1_output"]["out"], np.float64)  # (B, S, d)
+        A = np.asarray(lo["attn_output"]["pattern"], np.float64)  # (B, H, S, S)
+        for h in range(model.config.n_heads):
+            W_V, W_O = p[f"blocks.{layer}.attn.W_V"][h], p[f"blocks.{layer}.attn.W_O"][h]
+            v = (x - p[f"blocks.{layer}.ln1.b"]) @ W_V if fold_value_biases else x @ W_V + p[f"blocks.{layer}.attn.b_V"][h]
+            result = np.einsum("bts,bse->bte", A[:, h], v) @ W_O  # (B, S, d)
+            r = result[:, :-1]
+            r = (r - r.mean(-1, keepdims=True)) / scale * p["ln_final.w"]
+            out[layer, h] = np.einsum("bpd,bpd->bp", r, direction).mean()
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_model_and_probe():
+    model = random_model(LM_CFG, 3)
+    return model, scalars.repeated_tokens(seed=0, batch=4, T=6, vocab_size=LM_CFG.vocab_size)
+
+
+def test_direct_logit_attribution_unfolded_and_folded_equal_references(lm_model_and_probe):
+    from scalars._options import parse_type_options
+
+    model, probe = lm_model_and_probe
+    unfolded = compute(model, ["direct_logit_attribution"], probe)["direct_logit_attribution"]
+    ref_unfolded = reference_dla(model, probe, fold_value_biases=False)
+    np.testing.assert_allclose(unfolded, ref_unfolded, rtol=1e-4, atol=1e-5)
+    options = parse_type_options(["direct_logit_attribution.fold_value_biases=true"])  # the CLI's --option
+    assert options == {"direct_logit_attribution": {"fold_value_biases": True}}
+    folded = compute(model, ["direct_logit_attribution"], probe, options)["direct_logit_attribution"]
+    ref_folded = reference_dla(model, probe, fold_value_biases=True)
+    np.testing.assert_allclose(folded, ref_folded, rtol=1e-4, atol=1e-5)
+    assert np.abs(unfolded - folded).max() > 1e-2  # the biases are not small here: the option matters
+
+    # unfolded - folded = the constant write c_h = (ln1.b W_V + b_V) W_O through the frozen final LN
+    # and the unembedding at each scored position
+    p, run = weights(model), clean_run(model, probe)
+    tokens = np.asarray(probe.arrays["tokens"])
+    direction = p["W_U"].T[tokens[:, 1:]] - p["W_U"].mean(1)
+    scale = np.asarray(run["ln_final_output"]["scale"], np.float64)[:, :-1]  # (B, S-1, 1)
+    for layer in range(LM_CFG.n_layers):
+        for h in range(LM_CFG.n_heads):
+            c = (p[f"blocks.{layer}.ln1.b"] @ p[f"blocks.{layer}.attn.W_V"][h] + p[f"blocks.{layer}.attn.b_V"][h]) \
+                @ p[f"blocks.{layer}.attn.W_O"][h]
+            through = ((c - c.mean()) * p["ln_final.w"] / scale * direction).sum(-1).mean()
+            np.testing.assert_allclose(unfolded[layer, h] - folded[layer, h], through, rtol=1e-4, atol=1e-5)
+
+
+def test_direct_logit_attribution_fold_option_is_checked_when_planned():
+    dst = scalars.get_type("direct_logit_attribution")
+    assert dst.options == {"fold_value_biases": False} and dst.version == 2
+    with pytest.raises(ValueError, match="fold_value_biases must be true or false, got 'yes'"):
+        dst.validate(scalars.resolve_options(dst, {"fold_value_biases": "yes"}), None)
+
+
+def test_folded_dla_is_zero_for_a_head_that_only_writes_its_value_bias():
+    """A head with W_V = 0 and b_V != 0 writes b_V W_O everywhere: its unfolded DLA is that constant's
+    direct effect (not 0), its folded DLA exactly 0 (TransformerLens's default puts it in b_O)."""
+    model = random_model(LM_CFG, 4)
+    p = {k: np.array(v) for k, v in named_leaves(model).items()}
+    p["blocks.1.attn.W_V"][2] = 0.0
+    p["blocks.1.ln1.b"][:] = 0.0
+    p["blocks.1.attn.b_V"][2] *= 10.0  # a write large enough to see through the averaged unembedding
+    model = load_named_leaves(model, p)
+    probe = scalars.repeated_tokens(seed=1, batch=3, T=5, vocab_size=LM_CFG.vocab_size)
+    unfolded = compute(model, ["direct_logit_attribution"], probe)["direct_logit_attribution"]
+    folded = compute(model, ["direct_logit_attribution"], probe,
+                     {"direct_logit_attribution": {"fold_value_biases": True}})["direct_logit_attribution"]
+    assert abs(folded[1, 2]) < 1e-6 and abs(unfolded[1, 2]) > 1e-2
+    np.testing.assert_allclose(unfolded[1, 2], reference_dla(model, probe, fold_value_biases=False)[1, 2],
+                               rtol=1e-4, atol=1e-6)
+
