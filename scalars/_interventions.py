@@ -18,14 +18,13 @@ from jaxtyping import Array, Float
 from trainer.model import next_token_correct, next_token_losses, query_correct, query_loss, regression_losses
 
 __all__ = [
-    "HeadBatching", "Preserve", "probe_metrics", "map_heads", "ablation_value", "replace_heads",
+    "HeadBatching", "Preserve", "ABLATIONS", "probe_metrics", "map_heads", "ablation_value", "replace_heads",
     "preserve_cache", "run_from", "head_ablation_metrics", "layer_removal_metrics",
     "reconstituted_scores", "logit_lens_metrics", "default_head_batching",
 ]
 
 HeadBatching = Literal["map", "vmap"]
 Preserve = Literal[None, "pattern", "value", "pattern_and_value"]
-ABLATIONS = ("zero", "mean")
 PRESERVES = (None, "pattern", "value", "pattern_and_value")
 
 
@@ -58,13 +57,21 @@ def map_heads(fn: Callable[[Array], object], n: int, head_batching: str):
     raise ValueError(f"head_batching must be 'map' or 'vmap', got {head_batching!r}")
 
 
-def ablation_value(z: Float[Array, "B H T e"], ablation: str) -> Float[Array, "1 H 1 e"]:
-    """What a removed head's z becomes: 0, or its mean over the probe's sequences and positions."""
-    if ablation == "zero":
-        return jnp.zeros((1, z.shape[1], 1, z.shape[3]), z.dtype)
-    if ablation == "mean":
-        return z.mean(axis=(0, 2))[None, :, None, :]
-    raise ValueError(f"ablation must be 'zero' or 'mean', got {ablation!r}")
+ABLATION_VALUES: dict[str, Callable[[Array], Array]] = {  # z (B, H, T, e) -> what a removed head's z becomes
+    "zero": lambda z: jnp.zeros((1, z.shape[1], 1, z.shape[3]), z.dtype),
+    "mean": lambda z: z.mean(axis=(0, 2))[None, :, None, :],  # pooled over sequences and positions
+    "mean_per_position": lambda z: z.mean(axis=0)[None],  # over sequences, one mean per position
+}
+ABLATIONS = tuple(ABLATION_VALUES)
+
+
+def ablation_value(z: Float[Array, "B H T e"], ablation: str) -> Float[Array, "1 H _ e"]:
+    """What a removed head's z becomes (broadcasts against z): 0; its mean over the probe's
+    sequences and positions (`mean`, (1, H, 1, e)); or its mean over sequences at each position
+    (`mean_per_position`, (1, H, T, e))."""
+    if ablation not in ABLATION_VALUES:
+        raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
+    return ABLATION_VALUES[ablation](z)
 
 
 def replace_heads(z: Float[Array, "B H T e"], heads_mask: Array, value: Array) -> Float[Array, "B H T e"]:

@@ -23,6 +23,12 @@ __all__ = ["naive_compute", "NaiveContext"]
 
 
 _FIELDS = ("q", "k", "v", "pattern", "z")
+# what a removed head's z (B, T, e) becomes, written out in numpy (the engine's: iv.ABLATION_VALUES)
+_NAIVE_ABLATIONS = {
+    "zero": lambda z: np.zeros_like(z),
+    "mean": lambda z: np.broadcast_to(z.mean(axis=(0, 1)), z.shape),
+    "mean_per_position": lambda z: np.broadcast_to(z.mean(axis=0), z.shape),
+}
 
 
 @eqx.filter_jit
@@ -65,7 +71,7 @@ class NaiveContext(Context):
                 z = np.asarray(outs[layer]["attn_output"]["z"])
                 for head in range(z.shape[1]):
                     z_abl = z.copy()
-                    z_abl[:, head] = 0.0 if ablation == "zero" else z[:, head].mean(axis=(0, 1))
+                    z_abl[:, head] = _NAIVE_ABLATIONS[ablation](z[:, head])
                     entries = {layer: {"attn_output": {"z": jnp.asarray(z_abl)}}, **self._preserved(layer, preserve)}
                     loss[layer, head], acc[layer, head] = self.metrics(full_forward(self.model, self.probe, entries, like=self.clean)["logits"])
             return jnp.asarray(loss), jnp.asarray(acc)
@@ -78,7 +84,7 @@ class NaiveContext(Context):
             loss, acc = np.zeros(len(outs), np.float32), np.zeros(len(outs), np.float32)
             for layer in range(len(outs)):
                 z = np.asarray(outs[layer]["attn_output"]["z"])
-                z_abl = np.zeros_like(z) if ablation == "zero" else np.broadcast_to(z.mean(axis=(0, 2), keepdims=True), z.shape)
+                z_abl = np.stack([_NAIVE_ABLATIONS[ablation](z[:, h]) for h in range(z.shape[1])], axis=1)
                 entries = {layer: {"attn_output": {"z": jnp.asarray(z_abl)}},
                            **self._preserved(layer, "pattern_and_value")}
                 loss[layer], acc[layer] = self.metrics(full_forward(self.model, self.probe, entries, like=self.clean)["logits"])

@@ -233,3 +233,88 @@ def test_folded_dla_is_zero_for_a_head_that_only_writes_its_value_bias():
     np.testing.assert_allclose(unfolded[1, 2], reference_dla(model, probe, fold_value_biases=False)[1, 2],
                                rtol=1e-4, atol=1e-6)
 
+
+# -- mean ablation ----------------------------------------------------------------------------------
+
+def next_token_loss(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """Mean next-token cross-entropy over positions 0..S-2 and sequences, in float64."""
+    logits = np.asarray(logits, np.float64)[:, :-1]
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = np.take_along_axis(logits, tokens[:, 1:, None], -1)[..., 0]
+    return float((logz - picked).mean())
+
+
+def reference_mean_ablation(model, probe, per_position: bool) -> np.ndarray:
+    """Loss with head (l, h)'s z replaced by its clean mean, one full forward of the model per head
+    (`call_with_all_aux` with a z cache and a (H, 1, 1) head mask for every layer)."""
+    L, H = model.config.n_layers, model.config.n_heads
+    run = clean_run(model, probe)
+    tokens = np.asarray(probe.arrays["tokens"])
+
+    @eqx.filter_jit
+    def ablated_logits(model, zs, masks):
+        cache = {"layer_outputs": [{"attn_output": {"z": z}} for z in zs]}
+        mask = {"layer_outputs": [{"attn_output": {"z": m}} for m in masks]}
+        return jax.vmap(lambda x: model.call_with_all_aux(x, cache=cache, cache_mask=mask)["logits"])(probe.inputs)
+
+    out = np.zeros((L, H))
+    for layer in range(L):
+        z = np.asarray(run["layer_outputs"][layer]["attn_output"]["z"], np.float64)  # (B, H, S, e)
+        mean = z.mean(0) if per_position else np.broadcast_to(z.mean((0, 2))[:, None], z.shape[1:])  # (H, S, e)
+        zs = [np.zeros(z.shape[1:], np.float32) for _ in range(L)]
+        zs[layer] = mean.astype(np.float32)
+        for h in range(H):
+            masks = [np.zeros((H, 1, 1), bool) for _ in range(L)]
+            masks[layer][h] = True
+            out[layer, h] = next_token_loss(ablated_logits(model, zs, masks), tokens)
+    return out
+
+
+def test_mean_ablation_pooled_and_per_position_equal_full_forward_references(lm_model_and_probe):
+    model, probe = lm_model_and_probe
+    got = {ablation: compute(model, ["ablated_loss"], probe, {"ablated_loss": {"ablation": ablation}})["ablated_loss"]
+           for ablation in ("mean", "mean_per_position")}
+    pooled, per_position = reference_mean_ablation(model, probe, False), reference_mean_ablation(model, probe, True)
+    np.testing.assert_allclose(got["mean"], pooled, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["mean_per_position"], per_position, rtol=1e-5, atol=1e-5)
+    assert np.abs(pooled - per_position).max() > 1e-3  # the two means give different effects here
+    # ablated_loss_mean keeps the pooled definition
+    np.testing.assert_allclose(compute(model, ["ablated_loss_mean"], probe)["ablated_loss_mean"], pooled,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_planted_per_position_mean_ablation_of_a_position_only_head_changes_nothing():
+    """A head whose z depends on the position only (its queries, keys and values read the position
+    embedding alone) is its own per-position mean: that ablation leaves the loss exactly clean, the pooled
+    mean does not."""
+    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, vocab_size=8, n_ctx=8, attn_only=True, layernorm=False,
+                      qkv_bias=False, out_bias=False)
+    shaped = eqx.filter_eval_shape(build_model, cfg)
+    model = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shaped)
+    p = {k: np.array(v) for k, v in named_leaves(model).items()}
+    rng = np.random.default_rng(0)
+    p["embed.W_E"][:, :8] = rng.normal(size=(8, 8))
+    p["embed.W_pos"][:, 8:] = rng.normal(size=(8, 8))
+    p["blocks.0.attn.W_Q"][0, 8:, :8] = 3 * np.eye(8)  # head 0: a pattern of the positions alone
+    p["blocks.0.attn.W_K"][0, 8:, :8] = 3 * np.eye(8)
+    p["blocks.0.attn.W_V"][0, 8:, :8] = np.eye(8)  # ... averaging position embeddings
+    p["blocks.0.attn.W_O"][0, :8, :8] = rng.normal(size=(8, 8))
+    p["W_U"][:8] = rng.normal(size=(8, 8))
+    model = load_named_leaves(model, p)
+    probe = scalars.repeated_tokens(seed=2, batch=4, T=3, vocab_size=8)
+    z0 = np.asarray(clean_run(model, probe)["layer_outputs"][0]["attn_output"]["z"])[:, 0]
+    np.testing.assert_allclose(z0, np.broadcast_to(z0[:1], z0.shape), atol=1e-6)  # the same in every sequence
+    loss = compute(model, ["loss"], probe)["loss"]
+    per_position = compute(model, ["ablated_loss"], probe, {"ablated_loss": {"ablation": "mean_per_position"}})
+    pooled = compute(model, ["ablated_loss"], probe, {"ablated_loss": {"ablation": "mean"}})
+    np.testing.assert_allclose(per_position["ablated_loss"][0, 0], loss, rtol=1e-6)
+    assert abs(pooled["ablated_loss"][0, 0] - loss) > 1e-2
+
+
+def test_ablation_option_is_checked_when_planned():
+    for name in ("ablated_loss", "ablated_accuracy", "ablated_loss_pattern_preserving", "layer_removal_loss"):
+        dst = scalars.get_type(name)
+        for ok in ("zero", "mean", "mean_per_position"):
+            dst.validate(scalars.resolve_options(dst, {"ablation": ok}), None)
+        with pytest.raises(ValueError, match="ablation must be one of zero, mean, mean_per_position, got 'per_pos'"):
+            dst.validate(scalars.resolve_options(dst, {"ablation": "per_pos"}), None)

@@ -116,6 +116,18 @@ def test_option_changes_are_validated_and_mean_ablation_option(lm_setup):
         scalars.make_compute_fn(["ablated_loss"], LM_CFG, probe, options={"ablated_loss": {"ablaton": "mean"}})
 
 
+def test_per_position_mean_ablation_fast_equals_naive(lm_setup):
+    models, probe, _, _ = lm_setup
+    types = ["ablated_loss", "ablated_accuracy", "ablated_loss_pattern_preserving", "ablated_loss_value_preserving",
+             "layer_removal_loss"]
+    options = {t: {"ablation": "mean_per_position"} for t in types}
+    fast = scalars.make_compute_fn(types, LM_CFG, probe, options=options)(eqx.filter(models[0], eqx.is_array))
+    naive = scalars.naive_compute(types, models[0], probe, options=options)
+    assert_close(fast, naive, "mean_per_position")
+    pooled = scalars.naive_compute(["ablated_loss"], models[0], probe, options={"ablated_loss": {"ablation": "mean"}})
+    assert not np.allclose(naive["ablated_loss"], pooled["ablated_loss"], atol=1e-4)
+
+
 def test_type_probes_override_the_declared_probe(lm_setup):
     models, _, _, _ = lm_setup
     user = scalars.from_tokens(np.random.default_rng(5).integers(0, 20, size=(3, 9)), name="user", vocab_size=20)
