@@ -107,7 +107,7 @@ def test_paper_analyses_over_every_checkpoint(imported):
     assert len(prev_heads) >= 1 and np.abs(corrected[0]).max() < 0.15, corrected
     for h in prev_heads:
         assert np.all(np.diff(corrected[:, h]) > 0) and corrected[-1, h] - corrected[0, h] > 0.3, corrected[:, h]
-    # the induction head's K-composition with the previous-token heads grows (weights only)
+    # the induction head's K-composition with the previous-token heads grows (full circuits)
     comp_k = ds.composition_k.sel(layer=1, head=top, src_layer=0).values  # (step, src_head)
     assert comp_k[-1, prev_heads].mean() > comp_k[0, prev_heads].mean()
     assert np.isnan(ds.composition_k.sel(layer=0).values).all()  # no earlier layer to compose with
