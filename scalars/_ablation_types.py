@@ -65,20 +65,22 @@ def ablated_accuracy_mean(model, probe, clean, ctx):
 
 @_ablation_type("ablated_loss_pattern_preserving", units="nats",
                 description="probe loss with one head ablated and the attention patterns of later layers held at "
-                            "their clean values (only the value/direct paths carry the ablation)")
+                            "their clean values (only the value/direct paths carry the ablation; option ablation "
+                            "as ablated_loss)")
 def ablated_loss_pattern_preserving(model, probe, clean, ctx):
     return _heads(ctx, 0, preserve="pattern")
 
 
 @_ablation_type("ablated_loss_value_preserving", units="nats",
                 description="probe loss with one head ablated, the values (v) of later layers held at their clean "
-                            "values and their patterns recomputed (only the query/key and direct paths carry it)")
+                            "values and their patterns recomputed (only the query/key and direct paths carry it; "
+                            "option ablation as ablated_loss)")
 def ablated_loss_value_preserving(model, probe, clean, ctx):
     return _heads(ctx, 0, preserve="value")
 
 
 @register("layer_removal_loss", dims=("layer",), units="nats", options=ABLATION, validate=_check_ablation,
           description="probe (query) loss with all heads of a layer ablated, the patterns and values of the "
-                      "other layers held at their clean values")
+                      "other layers held at their clean values (option ablation as ablated_loss)")
 def layer_removal_loss(model, probe, clean, ctx):
     return ctx.layer_removal_metrics(ablation=ctx.options["ablation"])[0]

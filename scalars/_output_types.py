@@ -59,7 +59,9 @@ def value_bias_writes(block) -> Float[Array, "head d"]:
     return jnp.einsum("he,hed->hd", const, attn.W_O)
 
 
-def direct_logit_attributions(model, probe, clean: dict, *, fold_value_biases: bool = False) -> Float[Array, "layer head"]:
+def direct_logit_attributions(
+    model, probe, clean: dict, *, fold_value_biases: bool = False
+) -> Float[Array, "layer head"]:
     """Each head's result, centered and divided by the clean final-LN scale (frozen) and times
     the LN gain, dotted with W_U[:, correct] - mean_v W_U[:, v] (regression probes: with W_U[:, 0],
     the prediction, at the x tokens); mean over positions, sequences. `fold_value_biases`: the

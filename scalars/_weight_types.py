@@ -101,7 +101,9 @@ def full_circuit_composition_scores(model, which: str) -> Float[Array, "layer he
 DEFINITIONS = {"full_circuit": full_circuit_composition_scores, "weights": weight_composition_scores}
 
 
-def composition_scores(model, which: str, definition: str = "full_circuit") -> Float[Array, "layer head src_layer src_head"]:
+def composition_scores(
+    model, which: str, definition: str = "full_circuit"
+) -> Float[Array, "layer head src_layer src_head"]:
     """Composition of every earlier head's output into `which` (q, k or v) of every head."""
     return DEFINITIONS[definition](model, which)
 

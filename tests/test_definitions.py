@@ -24,11 +24,11 @@ def random_model(config: ModelConfig, seed: int, scale: float = 0.3):
     """Normal noise on every parameter (LN gains and biases, b_V, b_O included)."""
     rng = np.random.default_rng(seed)
     shaped = eqx.filter_eval_shape(build_model, config)
-    model = jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), s.dtype), shaped)
-    return model
+    return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape), s.dtype), shaped)
 
 
 def weights(model) -> dict[str, np.ndarray]:
+    """Every parameter by name, in float64."""
     return {k: np.asarray(v, np.float64) for k, v in named_leaves(model).items()}
 
 
@@ -167,7 +167,10 @@ def reference_dla(model, probe, *, fold_value_biases: bool) -> np.ndarray:
         A = np.asarray(lo["attn_output"]["pattern"], np.float64)  # (B, H, S, S)
         for h in range(model.config.n_heads):
             W_V, W_O = p[f"blocks.{layer}.attn.W_V"][h], p[f"blocks.{layer}.attn.W_O"][h]
-            v = (x - p[f"blocks.{layer}.ln1.b"]) @ W_V if fold_value_biases else x @ W_V + p[f"blocks.{layer}.attn.b_V"][h]
+            if fold_value_biases:
+                v = (x - p[f"blocks.{layer}.ln1.b"]) @ W_V
+            else:
+                v = x @ W_V + p[f"blocks.{layer}.attn.b_V"][h]
             result = np.einsum("bts,bse->bte", A[:, h], v) @ W_O  # (B, S, d)
             r = result[:, :-1]
             r = (r - r.mean(-1, keepdims=True)) / scale * p["ln_final.w"]
