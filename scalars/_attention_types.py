@@ -98,6 +98,13 @@ def prev_token_score_corrected(model, probe, clean, ctx):
     return _per_layer(ctx, prev_token_corrected_from_pattern)
 
 
+@register("attention_pattern", dims=("layer", "head", "query_pos", "key_pos"), probe="default", units=PROB,
+          description="attention pattern A[query_pos, key_pos] of every head averaged over the probe sequences "
+                      "(rows sum to 1; the data of `scalars patterns`)")
+def attention_pattern(model, probe, clean, ctx):
+    return ctx.mean_patterns()
+
+
 @register("attention_entropy", dims=("layer", "head"), probe="default", units="nats",
           description="entropy of each query row of the attention pattern, averaged over rows and probe sequences")
 def attention_entropy(model, probe, clean, ctx):

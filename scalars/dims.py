@@ -2,7 +2,8 @@
 
 A type's dims come after `step` (added by the store). Sizes follow from the model config
 (`layer`, `src_layer`, `dst_layer`: n_layers; `head`, `src_head`, `dst_head`: n_heads) or from
-the probe (`pos`: its sequence length; for a regression probe its K prediction positions); any
+the probe (`pos`: its sequence length; for a regression probe its K prediction positions;
+`query_pos`, `key_pos`: every position the model sees, the sides of an attention pattern); any
 other dim (`side`, `chain`) needs an explicit size from the type (`register(..., sizes={"side": 2})`).
 Coordinates are `arange(size)`.
 """
@@ -21,7 +22,9 @@ from store.dims import (
     HEAD,
     KNOWN_DIMS,
     LAYER,
+    KEY_POS,
     POS,
+    QUERY_POS,
     RUN,
     SIDE,
     SRC_HEAD,
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from ._probes import Probe
 
 __all__ = [
-    "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "SIDE", "CHAIN",
+    "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "QUERY_POS", "KEY_POS", "SIDE", "CHAIN",
     "STAT", "RUN", "KNOWN_DIMS", "TYPE_DIMS", "dim_size",
 ]
 
@@ -59,7 +62,7 @@ def dim_size(
     probe: "Probe | None" = None,
     sizes: Mapping[str, int | Callable[["ModelConfig"], int]] | None = None,
 ) -> int:
-    """Length of `dim` for a model `config` (and `probe`, for `pos`); `sizes` overrides/extends."""
+    """Length of `dim` for a model `config` (and `probe`, for the position dims); `sizes` overrides/extends."""
     if sizes and dim in sizes:
         size = sizes[dim]
         if isinstance(size, (tuple, list)):  # string coordinates, e.g. sizes={"side": ("q", "k", "v")}
@@ -71,6 +74,10 @@ def dim_size(
         if probe is None:
             raise ValueError("the size of dim 'pos' is the probe's sequence length; pass the probe")
         return probe.n_pos
+    if dim in (QUERY_POS, KEY_POS):
+        if probe is None:
+            raise ValueError(f"the size of dim {dim!r} is the probe's sequence length; pass the probe")
+        return probe.seq_len
     raise ValueError(f"dim {dim!r} has no known size; give it with register(..., sizes={{{dim!r}: N}})")
 
 

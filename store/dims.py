@@ -7,6 +7,8 @@
   (composition, reconstituted attention); ``layer``/``head`` are then the receiving head.
 - ``dst_layer`` / ``dst_head``: explicit receiving block / head where a type needs both named.
 - ``pos``: token position in a probe sequence, 0-based (BOS at 0).
+- ``query_pos`` / ``key_pos``: the attending (row) and attended-to (column) position of an
+  attention pattern, 0-based over every position the model sees (BOS at 0).
 - ``side``: which input of an attention head a quantity is about (e.g. query or key side).
 - ``chain``: index of an independent sampling chain (e.g. repeated estimates of one scalar).
 - ``stat``: which summary statistic of a computation (string coords, e.g. SGLD diagnostics).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD",
-    "POS", "SIDE", "CHAIN", "STAT", "RUN", "KNOWN_DIMS",
+    "POS", "QUERY_POS", "KEY_POS", "SIDE", "CHAIN", "STAT", "RUN", "KNOWN_DIMS",
 ]
 
 STEP = "step"
@@ -28,11 +30,13 @@ SRC_HEAD = "src_head"
 DST_LAYER = "dst_layer"
 DST_HEAD = "dst_head"
 POS = "pos"
+QUERY_POS = "query_pos"
+KEY_POS = "key_pos"
 SIDE = "side"
 CHAIN = "chain"
 STAT = "stat"
 RUN = "run"
 
 KNOWN_DIMS: tuple[str, ...] = (
-    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, SIDE, CHAIN, STAT, RUN,
+    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, QUERY_POS, KEY_POS, SIDE, CHAIN, STAT, RUN,
 )

@@ -91,6 +91,7 @@ def test_fast_path_equals_naive_classifier_rope_block(cls_setup):
 def test_every_type_has_known_dims_snake_name_and_declared_shape(lm_setup, cls_setup):
     outputs = {"lm": lm_setup[3][0], "classifier": cls_setup[3][0]}
     configs = {"lm": LM_CFG, "classifier": CLS_CFG}
+    probes = {"lm": lm_setup[1], "classifier": cls_setup[1]}  # position dims are sized by the probe
     builtin = [t for t in scalars.list_types() if t.fn.__module__.startswith("scalars.") and t.probe != "default_pair"
                and not t.opt_in and t.requires != "regression"]  # regression, SGLD types: test_llc.py
     assert len(builtin) >= 25
@@ -101,7 +102,8 @@ def test_every_type_has_known_dims_snake_name_and_declared_shape(lm_setup, cls_s
         heads = [dst.requires] if dst.requires else ["lm", "classifier"]
         for head in heads:
             value = outputs[head][dst.name]
-            assert value.shape == scalars.type_shape(dst, configs[head]), (dst.name, head)
+            probe = scalars.select_probe(dst, configs[head], probes[head])
+            assert value.shape == scalars.type_shape(dst, configs[head], probe), (dst.name, head)
     coords = scalars.type_coords("composition_k", LM_CFG)
     assert list(coords) == ["layer", "head", "src_layer", "src_head"]
     np.testing.assert_array_equal(coords["head"], np.arange(LM_CFG.n_heads))

@@ -198,3 +198,18 @@ def test_key_path_only(routed):
     assert np.abs(effect).min() > 1e-3
     np.testing.assert_allclose(r["ablated_loss_value_preserving"][0], r["ablated_loss"][0], atol=1e-6)
     np.testing.assert_allclose(r["ablated_loss_pattern_preserving"][0], r["loss"], atol=1e-6)
+
+
+def test_planted_attention_pattern(planted):
+    A = planted["attention_pattern"]  # (layer, head, query_pos, key_pos), mean over the probe batch
+    assert A.shape == (2, 2, S, S)
+    q = np.arange(S)
+    prev = np.zeros((S, S))
+    prev[q[1:], q[1:] - 1], prev[0, 0] = 1.0, 1.0  # the previous-token head; BOS attends to itself
+    np.testing.assert_allclose(A[0, 0], prev, atol=1e-4)
+    rows = np.arange(T + 1, 2 * T + 1)  # the induction head: the token after the earlier copy
+    np.testing.assert_allclose(A[1, 0, rows, rows - T + 1], 1.0, atol=1e-4)
+    np.testing.assert_allclose(A[1, 0, 1:T + 1, 0], 1.0, atol=1e-4)  # no earlier copy yet: BOS
+    uniform = np.tril(np.ones((S, S))) / (q[:, None] + 1)
+    for layer in (0, 1):  # zero weights: uniform over the causal prefix
+        np.testing.assert_allclose(A[layer, 1], uniform, rtol=1e-6, atol=1e-7)
