@@ -21,6 +21,7 @@ from ._hf import export_command, export_scalars_command  # noqa: E402
 from ._import import import_command  # noqa: E402
 from ._open import open_command  # noqa: E402
 from ._show import plot_command, show_command  # noqa: E402
+from ._patterns import patterns_command  # noqa: E402
 from ._verify import verify_command  # noqa: E402
 
 app.command("train")(train_command)
@@ -29,6 +30,7 @@ app.command("types")(types_command)
 app.command("verify")(verify_command)
 app.command("show")(show_command)
 app.command("plot")(plot_command)
+app.command("patterns")(patterns_command)
 app.command("import")(import_command)
 app.command("export")(export_command)
 app.command("export-scalars")(export_scalars_command)
