@@ -67,5 +67,5 @@ def test_shell_recipes_succeed(runs_base, monkeypatch):
         assert args[0] == "scalars"
         r = runner.invoke(app, args[1:])
         assert r.exit_code == 0, (line, r.output)
-    for name in ("induction.png", "prev.png", "seed0.csv", "seeds.nc"):
+    for name in ("induction.png", "prev.png", "seed0.csv", "seeds.nc", "seed0-patterns.png", "seed0-L1H0.html"):
         assert (runs_base / name).stat().st_size > 0
