@@ -162,3 +162,18 @@ def test_patterns_without_the_variable_and_no_compute(tiny_run, copy_run, tmp_pa
     assert "nearest stored steps: 0, 10" in r.output and not store.computed_mask(run, "attention_pattern")[2]
     r = runner.invoke(app, ["patterns", str(tmp_path / "nope"), "--step", "0"])
     assert r.exit_code == 2 and "is not a run directory" in r.output and "Traceback" not in r.output
+
+
+def test_axis_labels_name_tokens_or_roles():
+    from scalars.view import axis_labels
+
+    tokens = np.array([[0, 5, 9, 5, 9], [0, 5, 9, 5, 9]])
+    labels, note = axis_labels(scalars.from_tokens(tokens, name="fixed"))
+    assert labels == ["0", "5", "9", "5", "9"] and note == "tokens of probe 'fixed'"  # one prompt: exact tokens
+    labels, note = axis_labels(scalars.repeated_tokens(vocab_size=16, T=2, batch=3, seed=1))
+    assert labels[0] == "BOS" and labels[1:3] == labels[3:5] and "sequence 0 of the 3 sequences" in note
+    rng = np.random.default_rng(0)
+    classifier = scalars.from_classifier_arrays(rng.normal(size=(2, 3, 4)), rng.integers(0, 2, size=(2, 3)))
+    assert axis_labels(classifier)[0] == ["x0", "y0", "x1", "y1", "q"]
+    regression = scalars.from_regression_arrays(rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 3)))
+    assert axis_labels(regression)[0] == ["x0", "y0", "x1", "y1", "x2"]
