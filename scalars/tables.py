@@ -48,34 +48,60 @@ def top_cells(ds: xr.Dataset, name: str, step: int | None = None, k: int = 10) -
     return dims + [name], rows
 
 
-def over_steps(ds: xr.Dataset, name: str, max_rows: int = 20, max_columns: int = 12) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a type's values over (a subsample of) steps; (layer, head) types show the
-    max head per layer, types with more than `max_columns` cells show their max cell and where it is."""
-    da = ds[name]
-    dims = [d for d in da.dims if d != "step"]
-    steps = ds.step.values
-    pick = np.unique(np.linspace(0, len(steps) - 1, min(max_rows, len(steps))).astype(int))
-    n_cells = int(np.prod([da.sizes[d] for d in dims])) if dims else 1
-    if dims and dims != ["layer", "head"] and n_cells > max_columns:
-        flat = da.stack(c=dims)
-        stacked, cells = np.asarray(flat.values, np.float64), flat.c.values
-        rows = []
-        for i in pick:
-            row = stacked[i]
-            if np.isfinite(row).any():
-                j = int(np.nanargmax(row))
-                rows.append([str(int(steps[i])), f"{row[j]:.4f}", ",".join(map(str, np.atleast_1d(cells[j])))])
-            else:
-                rows.append([str(int(steps[i])), "nan", ""])
-        return ["step", f"max over {n_cells} cells", f"at ({', '.join(dims)})"], rows
+def _cell_label(dims: list[str], cell) -> str:
+    values = np.atleast_1d(cell)
     if dims == ["layer", "head"]:
-        header = ["step"] + [f"max over heads, layer {int(l)}" for l in da["layer"].values]
-        vals = da.max("head").values
-    elif dims:
-        stacked = da.stack(c=dims)
+        return f"L{values[0]}H{values[1]}"
+    return ",".join(map(str, values))
+
+
+def _max_cell(da: xr.DataArray, dims: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Per step: the largest value over the cells of `dims` and which cell holds it ('' where all NaN)."""
+    flat = da.stack(c=dims).transpose("step", "c")
+    values, cells = np.asarray(flat.values, np.float64), flat.c.values
+    best = np.full(values.shape[0], np.nan)
+    where = [""] * values.shape[0]
+    for i, row in enumerate(values):
+        if np.isfinite(row).any():
+            j = int(np.nanargmax(row))
+            best[i], where[i] = row[j], _cell_label(dims, cells[j])
+    return best, where
+
+
+def over_steps(ds: xr.Dataset, name: str, steps=None, max_columns: int = 12) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a type's values at every stored step (or at `steps`): a column per cell
+    where there are few, the max head per layer (with its head) for (layer, head) types, the max cell
+    and where it is for types with more than `max_columns` cells. Several runs (a `run` dim): a
+    column per run with its max cell."""
+    da = ds[name]
+    if steps is not None:
+        da = da.sel(step=np.asarray(steps))
+    dims = [d for d in da.dims if d not in ("step", "run")]
+    step_labels = [str(int(s)) for s in da.step.values]
+    if "run" in da.dims:
+        cols = []
+        for run in da.run.values:
+            sub = da.sel(run=run)
+            best, where = _max_cell(sub, dims) if dims else (np.asarray(sub.values, np.float64), [""] * sub.sizes["step"])
+            cols.append([f"{v:.4f}" + (f" {w}" if w else "") for v, w in zip(best, where)])
+        header = ["step"] + [f"{run}" + (" (max cell)" if dims else "") for run in da.run.values]
+        return header, [[step] + [col[i] for col in cols] for i, step in enumerate(step_labels)]
+    n_cells = int(np.prod([da.sizes[d] for d in dims])) if dims else 1
+    if dims == ["layer", "head"]:
+        header = ["step"] + [f"max over heads, layer {int(layer)}" for layer in da["layer"].values]
+        cols = []
+        for layer in da["layer"].values:
+            best, where = _max_cell(da.sel(layer=layer).expand_dims(layer=[layer]), dims)
+            cols.append([f"{v:.4f} H{w.split('H')[1]}" if w else "nan" for v, w in zip(best, where)])
+        return header, [[step] + [col[i] for col in cols] for i, step in enumerate(step_labels)]
+    if dims and n_cells > max_columns:
+        best, where = _max_cell(da, dims)
+        rows = [[step, f"{v:.4f}", w] for step, v, w in zip(step_labels, best, where)]
+        return ["step", f"max over {n_cells} cells", f"at ({', '.join(dims)})"], rows
+    if dims:
+        stacked = da.stack(c=dims).transpose("step", "c")
         header = ["step"] + [",".join(map(str, np.atleast_1d(c))) for c in stacked.c.values]
         vals = stacked.values
     else:
         header, vals = ["step", name], da.values[:, None]
-    rows = [[str(int(steps[i]))] + [f"{v:.4f}" for v in np.atleast_1d(vals[i])] for i in pick]
-    return header, rows
+    return header, [[step] + [f"{v:.4f}" for v in np.atleast_1d(vals[i])] for i, step in enumerate(step_labels)]

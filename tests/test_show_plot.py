@@ -226,6 +226,35 @@ def test_show_top_heads_at_a_step_and_values_over_steps(tmp_path):
     assert over[0] == ["0", "4.0000"] and over[-1] == ["1000", "nan"]
 
 
+def test_show_every_step_the_argmax_head_and_several_runs(tmp_path):
+    many = [0, *range(5, 205, 5)]  # 41 steps: every one is shown, none silently dropped
+    run = str(tmp_path / "many")
+    write_run_json(run, {"config": {"seeds": {"init_seed": 0}}})
+    lh = {"layer": np.arange(2), "head": np.arange(4)}
+    ensure_variables(run, [VariableSpec("induction_score", ("layer", "head"), lh, {"probe_hash": "x"})], many)
+    values = np.zeros((len(many), 2, 4), np.float32)
+    values[:, 1, 3] = np.linspace(0, 1, len(many))
+    write_cells(run, "induction_score", many, values)
+    r = runner.invoke(app, ["show", run, "--type", "induction_score"])
+    assert r.exit_code == 0, r.output
+    over = _rows(r.output, "induction_score over steps")
+    assert [int(row[0]) for row in over] == many
+    assert over[-1][2] == "1.0000 H3"  # the arg-max head of layer 1
+    r = runner.invoke(app, ["show", run, "--type", "induction_score", "--steps", "100-120"])
+    assert [row[0] for row in _rows(r.output, "induction_score over steps")] == ["100", "105", "110", "115", "120"]
+    runs = [_run(tmp_path, "a", seed=0), _run(tmp_path, "b", seed=1)]
+    r = runner.invoke(app, ["show", *runs, "--type", "induction_score", "--step", "1000", "--top", "2"])
+    assert r.exit_code == 0, r.output
+    assert "a: induction_score at step 1000" in r.output and "b: induction_score at step 1000" in r.output
+    over = _rows(r.output, "induction_score over steps")
+    assert len(over) == len(STEPS) and len(over[0]) == 3  # a column per run
+    assert over[-1][1].endswith("L1H2") and over[-1][2].endswith("L1H2")
+    r = runner.invoke(app, ["show", *runs, "--type", "induction_scor"])
+    assert r.exit_code == 2 and "did you mean 'induction_score'" in r.output
+    r = runner.invoke(app, ["show", *runs])
+    assert r.exit_code == 0 and "2 runs: stored scalars" in r.output.replace("\n", " ")
+
+
 def test_show_errors(tmp_path):
     run = _run(tmp_path, "r")
     r = runner.invoke(app, ["show", run, "--type", "induction_score", "--step", "15"])
