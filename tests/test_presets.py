@@ -53,3 +53,23 @@ def test_trainer_saves_what_the_adaptive_rule_says(tmp_path):
     expected = [s for s in expected if s <= 80]
     assert list(store.open_archive(run).steps) == expected
     assert len(expected) > 6 and any(s % 30 for s in expected[1:-1]), expected  # not only the max gap
+
+
+def test_presets_start_from_the_config_dataclasses():
+    """Each preset section has exactly its dataclass's fields, and a field no preset sets has the
+    dataclass default (the defaults are written down once)."""
+    import dataclasses
+
+    from trainer.model import ModelConfig
+    from trainer.presets import PRESETS
+    from trainer.sections import CheckpointConfig, SeedConfig, TrainConfig
+
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("seeds", SeedConfig),
+                         ("checkpoints", CheckpointConfig)):
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, preset in PRESETS.items():
+            assert set(preset[section]) == set(fields), (name, section)
+        for key, default in fields.items():
+            values = {p[section][key] for p in PRESETS.values() if not isinstance(p[section][key], list)}
+            if len(values) == 1:  # no preset changes it: it is the dataclass's default
+                assert values == {default}, (section, key)

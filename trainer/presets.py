@@ -14,18 +14,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
-_MODEL_DEFAULTS = {
-    "n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": None, "n_ctx": 64, "head": "lm", "vocab_size": 64,
-    "d_in": 0, "n_labels": 0, "attn_only": False, "layernorm": True, "ln_eps": 1e-5, "activation": "gelu_new",
-    "positional": "learned", "rope_base": 10000.0, "qkv_bias": True, "out_bias": True, "mlp_bias": True,
-    "tied_unembed": False, "unembed_bias": False, "init_std": 0.02,
-}
-_TRAIN_DEFAULTS = {
-    "steps": 1000, "batch_size": 32, "lr": 1e-3, "lr_schedule": "constant", "warmup_steps": 0,
-    "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "grad_clip": 1.0, "log_every": 10, "eval_every": 100,
-    "eval_size": 256,
-}
+from .model._config import ModelConfig
+from .sections import CheckpointConfig, SeedConfig, TrainConfig
+
+def _defaults(cls) -> dict:
+    """A config dataclass's field defaults as a dict: the one place a default is written down."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+_MODEL_DEFAULTS = _defaults(ModelConfig)
+_TRAIN_DEFAULTS = _defaults(TrainConfig)
 _INDUCTION_TASK = {
     "kind": "induction", "vocab_size": 64, "seq_len": 64, "bos_token": 0, "segment_len_min": 8,
     "segment_len_max": 24, "n_repeats": 1, "filler": "uniform", "filler_seed": 0, "markov_concentration": 0.1,
@@ -50,20 +50,20 @@ def _preset(model=None, task=None, train=None, checkpoints=None, seeds=None) -> 
         "model": {**_MODEL_DEFAULTS, **(model or {})},
         "task": copy.deepcopy(task or _INDUCTION_TASK),
         "train": {**_TRAIN_DEFAULTS, **(train or {})},
-        "seeds": {"init_seed": 0, "train_seed": 0, "eval_seed": 0, **(seeds or {})},
-        "checkpoints": {"schedule": "every:100", **(checkpoints or {})},
+        "seeds": {**_defaults(SeedConfig), **(seeds or {})},
+        "checkpoints": {**_defaults(CheckpointConfig), **(checkpoints or {})},
         "interventions": [],
     }
 
 
 PRESETS: dict[str, dict] = {
     "induction-tiny": _preset(
-        model={"attn_only": True, "n_heads": 4, "d_model": 64},
+        model={"attn_only": True, "n_heads": 4, "d_model": 64, "n_ctx": 64},
         train={"steps": 2000, "lr": 1e-3, "warmup_steps": 50, "batch_size": 32, "eval_every": 50},
         checkpoints={"schedule": "every:50"},
     ),
     "induction-gpt2": _preset(
-        model={"tied_unembed": True},
+        model={"tied_unembed": True, "n_ctx": 64},
         train={"steps": 1500, "lr": 1e-3, "warmup_steps": 50, "eval_every": 50},
         checkpoints={"schedule": "every:100"},
     ),

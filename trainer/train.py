@@ -27,7 +27,8 @@ import optax
 
 import store
 
-from .config import SeedConfig, TrainConfig, validate
+from .config import validate
+from .sections import SeedConfig, TrainConfig
 from .interventions import intervention_cache, parse_interventions
 from .model import build_model, load_named_leaves, named_leaves
 from .run_info import run_info
