@@ -54,10 +54,11 @@ def plan_runs(run_dirs: Sequence[str], types: Sequence[str], *, all_types: bool 
         raise ValueError("pass either --type NAME ... or --all, not both")
     plans = []
     for d in expand_run_dirs(run_dirs):
-        names = list(types)
+        names, built = list(types), None
         if all_types:
-            names = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
-        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options))
+            names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
+        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,
+                                  built_probes=built))
     return plans
 
 

@@ -139,9 +139,11 @@ def plan_compute(
     probe: str | None = None,
     force: bool = False,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    built_probes: Mapping[str, Any] | None = None,
 ) -> ComputePlan:
     """Validate the request and list the missing cells; nothing is written. `options` maps a type
-    name to option overrides (validated here, recorded in the stored attrs)."""
+    name to option overrides (validated here, recorded in the stored attrs); `built_probes` are
+    probes already built for this run, by name (each probe is built once per request)."""
     run_dir = Path(run_dir)
     info, config = load_run_model_config(run_dir)
     if not types:
@@ -156,7 +158,7 @@ def plan_compute(
     if committed.size == 0:
         raise ValueError(f"run '{run_dir}' has no committed checkpoints yet; train it first or wait for a save")
     selected = select_steps(steps, committed)
-    probes: dict[str, Any] = {}
+    probes: dict[str, Any] = dict(built_probes or {})
     per_type = {}
     for dst in dsts:
         name = None if dst.probe is None else (probe or resolve_probe_name(dst.probe, info, config))
@@ -512,10 +514,11 @@ def compute_runs(
         raise ValueError("pass either --type NAME ... or --all, not both")
     plans = []
     for d in dirs:
-        names = applicable_types(load_run_model_config(d)[1]) if all_types else list(types)
+        names, built = list(types), None
         if all_types:
-            names = _buildable(d, names, probe)
-        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options))
+            names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
+        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,
+                                  built_probes=built))
     total = sum(p.n_cells for p in plans)
     if log:
         log(f"{total} cells to compute over {len(plans)} run(s)")
@@ -530,18 +533,22 @@ def compute_runs(
     return reports
 
 
-def _buildable(run_dir: Path, names: list[str], probe: str | None) -> list[str]:
-    """Drop types whose probe this run cannot provide (for --all)."""
+def _buildable(run_dir: Path, names: list[str], probe: str | None) -> tuple[list[str], dict[str, Any]]:
+    """Drop types whose probe this run cannot provide (for --all); returns the kept names and the
+    probes built on the way (by name), so that each probe is built once per request."""
     info, config = load_run_model_config(run_dir)
-    keep = []
+    keep, built, refused = [], {}, set()
     for name in names:
         raw = get_type(name).probe
         if raw is None:
             keep.append(name)
             continue
-        try:
-            build_run_probe(probe or resolve_probe_name(raw, info, config), run_dir, info, config)
-        except ValueError:
-            continue
-        keep.append(name)
-    return keep
+        probe_name = probe or resolve_probe_name(raw, info, config)
+        if probe_name not in built and probe_name not in refused:
+            try:
+                built[probe_name] = build_run_probe(probe_name, run_dir, info, config)
+            except ValueError:
+                refused.add(probe_name)
+        if probe_name in built:
+            keep.append(name)
+    return keep, built

@@ -213,3 +213,22 @@ def test_nonfinite_weights_give_nan_with_a_warning(tiny_run, copy_run):
     assert any("non-finite" in w and "60" in w for w in report.warnings)
     values = stored(run, "loss")
     assert np.isnan(values[-1]) and np.isfinite(values[:-1]).all()
+
+
+def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeypatch):
+    """`--all` plans some 40 types over a handful of probes: each probe is built once, not once per type."""
+    from scalars import _batch, _engine
+
+    built = []
+    real = _engine.build_run_probe
+
+    def counting(name, *args, **kwargs):
+        built.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(_engine, "build_run_probe", counting)
+    plans = _batch.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
+    n_types = len(plans[0].types)
+    assert n_types > 20
+    assert built and sorted(built) == sorted(set(built)), built  # no probe built twice
+    assert {p.name for p in plans[0].probes.values() if p is not None} <= set(built)
