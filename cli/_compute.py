@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ._errors import exit_now, user_errors
 
@@ -82,10 +83,22 @@ def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python 
     from scalars import list_types
 
     _load_plugins(plugin)
+    rows = [(t.name, ", ".join(("step",) + tuple(t.dims)), _probe_words(t.probe), t.requires or "any",
+             t.description + (" (opt-in: computed only when named)" if t.opt_in else "")) for t in list_types()]
+    if not console.is_terminal or console.width < 120:  # piped or narrow: one block per type, nothing cut
+        for name, dims, probe, needs, description in rows:
+            console.print(Text(f"{name}  [{dims}]  probe: {probe}  needs: {needs}", style="bold"),
+                          soft_wrap=not console.is_terminal)
+            console.print(Text(f"    {description}"), soft_wrap=not console.is_terminal)
+        return
     table = Table(title="derived-scalar types")
     table.add_column("name", no_wrap=True)
     for col in ("dims", "probe", "needs", "description"):
         table.add_column(col, overflow="fold")
-    for t in list_types():
-        table.add_row(t.name, ", ".join(("step",) + tuple(t.dims)), str(t.probe), t.requires or "any", t.description)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # plain text: brackets in descriptions are not markup
     console.print(table)
+
+
+def _probe_words(probe: str | None) -> str:
+    return "none (weights only)" if probe is None else probe
