@@ -242,3 +242,14 @@ def test_sweep_refuses_a_foreign_run_in_its_way(sweep_runs, tmp_path):
     r = runner.invoke(app, ["train", "--preset", "induction-tiny", "--out", str(out), "-q", "--sweep", "seed=0,1",
                             *sum((["--set", o] for o in OVERRIDES), [])])
     assert r.exit_code == 2 and "seed-1' exists and is not a run of this sweep" in r.output, r.output
+
+
+def test_sweeping_seed_varies_every_seed_the_user_does_not_name(tmp_path):
+    seeds = lambda points: [tuple(p.config["seeds"][k] for k in ("init_seed", "train_seed", "eval_seed"))
+                            for p in points]
+    assert seeds(expand_sweep(["seed=0..2"], out=str(tmp_path), preset="induction-tiny")) == \
+        [(0, 0, 0), (1, 1, 1), (2, 2, 2)]
+    assert seeds(expand_sweep(["seed=0..1"], out=str(tmp_path), preset="induction-tiny",
+                              overrides=["seeds.eval_seed=7"])) == [(0, 0, 7), (1, 1, 7)]
+    assert seeds(expand_sweep(["seed=0,1", "train_seed=5"], out=str(tmp_path), preset="induction-tiny")) == \
+        [(0, 5, 0), (1, 5, 1)]

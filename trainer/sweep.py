@@ -23,8 +23,9 @@ from .config import parse_value, resolve_config
 
 __all__ = ["ALIASES", "SweepPoint", "PointResult", "parse_sweeps", "expand_sweep", "run_sweep"]
 
-ALIASES = {  # short sweep keys -> dotted config keys
-    "seed": "seeds.init_seed", "init_seed": "seeds.init_seed", "train_seed": "seeds.train_seed",
+SEED_KEYS = ("seeds.init_seed", "seeds.train_seed", "seeds.eval_seed")
+ALIASES = {  # short sweep keys -> dotted config keys ("seed": all three seeds, less any the user names)
+    "seed": "seeds.*", "init_seed": "seeds.init_seed", "train_seed": "seeds.train_seed",
     "eval_seed": "seeds.eval_seed", "n_layers": "model.n_layers", "n_heads": "model.n_heads",
     "d_model": "model.d_model", "steps": "train.steps", "lr": "train.lr", "batch_size": "train.batch_size",
 }
@@ -107,8 +108,11 @@ def expand_sweep(sweeps: Sequence[str], *, out: str, preset: str | None = None, 
     if len(set(short)) != len(short):
         raise ValueError(f"swept keys {labels} end in the same name; sweep keys whose last parts differ")
     points = []
+    named = swept | {o.split("=", 1)[0].strip() for o in overrides}
+    seed_keys = [k for k in SEED_KEYS if k not in named]  # `seed` varies every seed the user does not name
     for combo in itertools.product(*(values for _, _, values in grid)):
-        sets = [f"{key}={json.dumps(v)}" for (_, key, _), v in zip(grid, combo)]
+        sets = [f"{k}={json.dumps(v)}" for (_, key, _), v in zip(grid, combo)
+                for k in (seed_keys if key == "seeds.*" else [key])]
         config = resolve_config(preset, config_file, [*overrides, *sets])
         name = "_".join(_dir_part(label, v) for label, v in zip(labels, combo))
         points.append(SweepPoint(name, str(Path(out) / name), config, dict(zip(labels, combo))))
