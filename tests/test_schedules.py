@@ -133,3 +133,9 @@ def test_adaptive_eval_value_and_mark_saved():
 def test_adaptive_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         AdaptiveSaver(**kw)
+
+
+def test_an_adaptive_rule_alone_still_saves_step_0():
+    assert ScheduleSpec.parse("adaptive").steps(100) == [0]
+    assert ScheduleSpec.parse("adaptive:min_gap=5").steps(100) == [0]
+    assert 0 in ScheduleSpec.parse("every:10+adaptive").steps(100)

@@ -232,9 +232,10 @@ class ScheduleSpec:
         return tuple(sorted(out.items()))
 
     def steps(self, total: int) -> list[int]:
-        """The fixed checkpoint steps for a run of `total` updates (windows and lists cut at total)."""
+        """The fixed checkpoint steps for a run of `total` updates (windows and lists cut at total).
+        An adaptive rule alone still saves step 0, the initialisation, as every other schedule does."""
         _check_total(total)
-        out: list[list[int]] = []
+        out: list[list[int]] = [] if self.parts else [[0]]
         for kind, args in self.parts:
             if kind == "every":
                 out.append(every(args[0], total))
