@@ -27,7 +27,7 @@ def _load_plugins(plugins: list[str]) -> None:
 @user_errors
 def compute_command(
     run_dirs: list[str] = typer.Argument(..., help="run directories (or quoted globs)"),
-    type_: list[str] = typer.Option([], "--type", "-t", help="derived-scalar type (repeatable); see `scalars types`"),
+    type_: list[str] = typer.Option([], "--type", "-t", help="derived-scalar type (repeatable), or a set: standard (the demo's five); see `scalars types`"),
     all_: bool = typer.Option(False, "--all", help="every registered type that applies to the run"),
     steps: Optional[str] = typer.Option(None, "--steps", help="e.g. 0-1000, 0,500,1000, every:4, last"),
     probe: Optional[str] = typer.Option(None, "--probe", help="probe name or .npy/.npz file (default: each type's)"),

@@ -9,7 +9,6 @@ from rich.table import Table
 
 console = Console()
 
-STANDARD_SUITE = ("induction_score", "prev_token_score", "duplicate_token_score", "ablated_loss", "loss")
 
 
 def run_demo(out: str) -> None:
@@ -29,7 +28,7 @@ def run_demo(out: str) -> None:
         console.rule(f"1. {run} already holds a run: finishing it if it was interrupted")
         train(store.read_run_json(run)["config"], run, resume=True)
     console.rule("2. compute the standard suite over every checkpoint")
-    for rep in compute_runs([str(run)], list(STANDARD_SUITE), log=console.print):
+    for rep in compute_runs([str(run)], ["standard"], log=console.print):
         console.print(f"{rep.cells_computed} cells over {rep.checkpoints_computed} checkpoints in {rep.seconds:.1f}s")
     ds = store.open_scalars(run)
     last = int(ds.step[-1])

@@ -21,6 +21,7 @@ from typing import Any
 import store
 
 from ._compute import ComputeFn, model_template
+from ._registry import expand_type_names
 from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _buildable, _validate_program,
                       applicable_types, compute_run, default_block_size, dropped_warnings, expand_run_dirs,
                       load_run_model_config, plan_compute)
@@ -54,7 +55,7 @@ def plan_runs(run_dirs: Sequence[str], types: Sequence[str], *, all_types: bool 
         raise ValueError("pass either --type NAME ... or --all, not both")
     plans = []
     for d in expand_run_dirs(run_dirs):
-        names, built = list(types), None
+        names, built = expand_type_names(types), None
         if all_types:
             names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
         plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,

@@ -26,7 +26,7 @@ from store.checkpoints import leaf_crc32
 from trainer.model import ModelConfig, params_from_named
 
 from ._compute import ComputeFn, check_types, model_template
-from ._registry import DerivedScalarType, get_type, resolve_options, type_coords
+from ._registry import DerivedScalarType, expand_type_names, get_type, resolve_options, type_coords
 from ._run_probes import build_run_probe, resolve_probe_name
 from ._steps import select_steps
 
@@ -148,7 +148,7 @@ def plan_compute(
     info, config = load_run_model_config(run_dir)
     if not types:
         raise ValueError("no types requested; pass --type NAME (see `scalars types`) or --all")
-    dsts = [get_type(t) for t in types]
+    dsts = [get_type(t) for t in expand_type_names(types)]
     check_types(dsts, config)
     options = dict(options or {})
     stray = sorted(set(options) - {d.name for d in dsts})
@@ -514,7 +514,7 @@ def compute_runs(
         raise ValueError("pass either --type NAME ... or --all, not both")
     plans = []
     for d in dirs:
-        names, built = list(types), None
+        names, built = expand_type_names(types), None
         if all_types:
             names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
         plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,

@@ -27,7 +27,7 @@ import importlib.util
 import re
 import sys
 import types as _pytypes
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DerivedScalarType", "register", "unregister", "get_type", "list_types", "load_plugin",
     "load_entry_point_plugins", "type_shape", "type_coords", "resolve_options", "probe_name",
-    "ENTRY_POINT_GROUP", "DEFAULT_PROBES", "type_attrs",
+    "ENTRY_POINT_GROUP", "DEFAULT_PROBES", "type_attrs", "TYPE_SETS", "expand_type_names",
 ]
 
 ENTRY_POINT_GROUP = "derived_scalars.types"
@@ -163,6 +163,22 @@ def register(
         return fn
 
     return decorate
+
+
+# named sets of types, usable wherever a type name is (`scalars compute RUN --type standard`)
+TYPE_SETS: dict[str, tuple[str, ...]] = {
+    "standard": ("induction_score", "prev_token_score", "duplicate_token_score", "ablated_loss", "loss"),
+}
+
+
+def expand_type_names(names: Sequence[str]) -> list[str]:
+    """`names` with each set name (see TYPE_SETS) replaced by its types, in order, each type once."""
+    out: list[str] = []
+    for name in names:
+        for n in TYPE_SETS.get(name, (name,)):
+            if n not in out:
+                out.append(n)
+    return out
 
 
 def unregister(name: str) -> DerivedScalarType:

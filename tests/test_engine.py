@@ -232,3 +232,13 @@ def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeyp
     assert n_types > 20
     assert built and sorted(built) == sorted(set(built)), built  # no probe built twice
     assert {p.name for p in plans[0].probes.values() if p is not None} <= set(built)
+
+
+def test_the_standard_set_names_the_demo_types(tiny_run, copy_run):
+    import scalars
+
+    run = copy_run(tiny_run)
+    res = cli("compute", str(run), "--type", "standard", "-q")
+    assert res.returncode == 0, res.stderr
+    assert set(scalars.TYPE_SETS["standard"]) <= set(store.open_scalars(run).data_vars)
+    assert compute_run(run, ["standard", "loss"]).cells_computed == 0  # a set and one of its types: once each
