@@ -23,7 +23,7 @@ import numpy as np
 
 import store
 from store.checkpoints import leaf_crc32
-from trainer.model import ModelConfig, params_from_named
+from trainer.model import ModelConfig, named_shapes, params_from_named
 
 from ._compute import ComputeFn, check_types, model_template
 from ._registry import DerivedScalarType, expand_type_names, get_type, resolve_options, type_coords
@@ -154,7 +154,9 @@ def plan_compute(
     stray = sorted(set(options) - {d.name for d in dsts})
     if stray:
         raise ValueError(f"options given for type(s) {', '.join(stray)} that are not requested; add --type for them")
-    committed = np.asarray(store.open_archive(run_dir).steps, np.int64)
+    archive = store.open_archive(run_dir)
+    _check_archive_matches(run_dir, archive, config)
+    committed = np.asarray(archive.steps, np.int64)
     if committed.size == 0:
         raise ValueError(f"run '{run_dir}' has no committed checkpoints yet; train it first or wait for a save")
     selected = select_steps(steps, committed)
@@ -179,6 +181,22 @@ def plan_compute(
     probes_by_type = {dst.name: per_type[dst.name] for dst in dsts}
     return ComputePlan(run_dir, config, dsts, probes_by_type, {k: v for k, v in missing.items() if len(v)}, selected,
                        specs, committed, force, {k: dict(v) for k, v in options.items()})
+
+
+def _check_archive_matches(run_dir: Path, archive: store.ArchiveReader, config: ModelConfig) -> None:
+    """ValueError (before anything is written) when run.json's model config does not describe the
+    checkpoints the archive holds (an edited or swapped run.json)."""
+    want = named_shapes(model_template(config)[0])
+    have = {name: tuple(shape) for name, (shape, _dtype) in archive.leaf_specs.items()}
+    if set(want) != set(have):
+        odd = sorted(set(want) ^ set(have))[:3]
+        raise ValueError(f"run.json's model config for '{run_dir}' does not match its checkpoint archive (parameters "
+                         f"{', '.join(odd)} are in one but not the other); restore run.json from a copy")
+    bad = [n for n in want if want[n] != have[n]]
+    if bad:
+        raise ValueError(f"run.json's model config for '{run_dir}' does not match its checkpoint archive: parameter "
+                         f"{bad[0]} is stored with shape {have[bad[0]]}, the config gives {want[bad[0]]}; restore "
+                         "run.json from a copy")
 
 
 def _validate_program(fn: ComputeFn, param_shapes) -> Any:

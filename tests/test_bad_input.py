@@ -71,6 +71,17 @@ def _setup(case: str, run: Path, tmp: Path) -> list[str]:
         np.savez(tmp / "w.npz", a=np.zeros(3))
     if case in ("probe_is_a_directory", "plot_out_is_a_directory", "config_is_a_directory"):
         (tmp / "adir").mkdir()
+    if case == "run_json_disagrees_with_archive":
+        import shutil
+
+        copy = tmp / "edited"
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock-*"))
+        info = json.loads((copy / "run.json").read_text())
+        info["model"]["d_model"] = 2 * info["model"]["d_model"]
+        (copy / "run.json").write_text(json.dumps(info))
+        before = snapshot(copy)
+        _AFTER_CHECKS.append(lambda: snapshot(copy) == before)
+        return ["compute", str(copy), "--type", "induction_score", "--force"]
     if case == "string_schema_version":
         import shutil
 
@@ -172,7 +183,9 @@ CASES = {
     "probe_npz_not_a_zip": "is not a numpy .npz archive",
     "probe_npz_wrong_keys": "holds arrays ['a']; a probe .npz holds tokens",
     "string_schema_version": "has schema_version '1', not an integer",
+    "run_json_disagrees_with_archive": "does not match its checkpoint archive: parameter",
 }
+_AFTER_CHECKS: list = []  # extra "nothing changed" checks a case's setup registers
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -187,4 +200,6 @@ def test_bad_input(case, run_with_scalars, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert CASES[case] in lines[0], lines[0]
     assert snapshot(run_with_scalars) == before, "a failed command changed the run"
+    while _AFTER_CHECKS:
+        assert _AFTER_CHECKS.pop()(), "a failed command changed the run it was given"
     assert not (tmp_path / "new").exists()

@@ -16,6 +16,7 @@ from ._params import build_model as build_model
 from ._params import leaf_specs as leaf_specs
 from ._params import load_named_leaves as load_named_leaves
 from ._params import named_leaves as named_leaves
+from ._params import named_shapes as named_shapes
 from ._params import params_from_named as params_from_named
 from ._transformer import Transformer as Transformer
 from ._transformer import interleave_exemplars as interleave_exemplars

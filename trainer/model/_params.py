@@ -39,6 +39,12 @@ def named_leaves(tree) -> dict[str, jax.Array]:
     return {_path_name(path): leaf for path, leaf in flat}
 
 
+def named_shapes(param_shapes) -> dict[str, tuple[int, ...]]:
+    """The shape of every leaf of a parameter PyTree (arrays or ShapeDtypeStructs) by its dotted path."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(param_shapes)
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in flat}
+
+
 def load_named_leaves(template, leaves: dict[str, np.ndarray]):
     """`template` with its array leaves replaced by `leaves` (names, shapes and dtypes must match)."""
     params, static = eqx.partition(template, eqx.is_array)
