@@ -45,9 +45,11 @@ def export_scalars_command(
     run_dirs: list[str] = typer.Argument(..., help="run directories (several: one file with a run column/dim)"),
     format_: Optional[str] = typer.Option(None, "--format", help="netcdf or csv (default: from the -o suffix)"),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="file to write (default RUN_DIR/scalars.nc|.csv)"),
+    type_: list[str] = typer.Option([], "--type", "-t", help="only this scalar (repeatable; default all)"),
 ) -> None:
-    """Write stored scalars as one netCDF-4 file or one long-format CSV (step, layer, head, ..., type, value)."""
+    """Write stored scalars as one netCDF-4 file or one long-format CSV (step, layer, head, ..., type, value):
+    a row per computed cell (NaN where the computed value is NaN), integer coordinates kept."""
     from store.export import export_scalars
 
-    path = export_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs, out, format_)
+    path = export_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs, out, format_, types=type_ or None)
     console.print(f"wrote {path}")

@@ -1,7 +1,9 @@
 """Scalars for people outside the xarray world: one netCDF-4 file, or one long-format CSV.
 
 CSV columns: ``run`` (several runs only), ``step``, every dim any type has (``layer``, ``head``,
-``src_layer``, ...; empty where a type lacks it), ``type``, ``value``; only computed cells.
+``src_layer``, ...; empty where a type lacks it), ``type``, ``value``; only computed cells, so a row
+is there exactly when its cell was computed, and a computed cell whose value is NaN (e.g. a patching
+cell whose pair does not separate) reads ``NaN``. Integer coordinates stay integers.
 netCDF keeps the Dataset as is (run config coords included), attrs made netCDF-safe.
 """
 
@@ -50,8 +52,10 @@ def netcdf_safe(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-def scalars_long_frame(ds: xr.Dataset) -> pd.DataFrame:
-    """Long table of the computed cells: [run,] step, <dims...>, type, value."""
+def scalars_long_frame(ds: xr.Dataset, computed: xr.Dataset | None = None) -> pd.DataFrame:
+    """Long table of the computed cells: [run,] step, <dims...>, type, value. `computed` holds each
+    type's mask (``computed__NAME``, from ``open_scalars(..., with_masks=True)``): a cell is listed
+    when it is computed, NaN value or not; without it, cells whose value is NaN are left out."""
     dims: list[str] = []
     for name in ds.data_vars:
         dims += [str(d) for d in ds[name].dims if d not in (RUN, STEP) and d not in dims]
@@ -59,7 +63,13 @@ def scalars_long_frame(ds: xr.Dataset) -> pd.DataFrame:
     frames = []
     for name in sorted(ds.data_vars):
         da = ds[name].reset_coords(drop=True)
-        frame = da.to_dataframe(name="value").reset_index().dropna(subset=["value"])
+        mask = None if computed is None else computed.get(f"computed__{name}")
+        if mask is None:
+            frame = da.to_dataframe(name="value").reset_index().dropna(subset=["value"])
+        else:
+            keep = mask.reset_coords(drop=True).broadcast_like(da).rename("computed")
+            frame = xr.merge([da.rename("value"), keep]).to_dataframe().reset_index()
+            frame = frame[frame["computed"].fillna(False).astype(bool)].drop(columns="computed")
         frame["type"] = str(name)
         frames.append(frame)
     columns = lead + dims + ["type", "value"]
@@ -72,11 +82,31 @@ def scalars_long_frame(ds: xr.Dataset) -> pd.DataFrame:
     return table
 
 
-def export_scalars(path_or_paths: Any, out: str | os.PathLike[str] | None = None, fmt: str | None = None) -> Path:
+def _csv_frame(ds: xr.Dataset, runs: list, multi: bool) -> pd.DataFrame:
+    """The long table, built run by run (each run's own coords: no cells padded in by alignment)."""
+    names = list(ds.data_vars)
+    if not multi:
+        return scalars_long_frame(ds, open_scalars(runs[0], with_masks=True))
+    frames = []
+    for label, run in zip(ds[RUN].values, runs):
+        one = open_scalars(run)
+        present = [n for n in names if n in one.data_vars]
+        frame = scalars_long_frame(one[present], open_scalars(run, with_masks=True))
+        frame.insert(0, RUN, label)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    lead = [RUN, STEP]
+    rest = [c for c in table.columns if c not in lead + ["type", "value"]]
+    return table[lead + rest + ["type", "value"]]
+
+
+def export_scalars(path_or_paths: Any, out: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                   types: list[str] | None = None) -> Path:
     """Write a run's (or several runs') scalars to ``out`` as netCDF-4 or CSV; returns the path.
 
     ``fmt`` defaults from the suffix of ``out`` (.nc / .csv); ``out`` defaults to
-    ``RUN_DIR/scalars.<ext>`` for one run. The file is written whole or not at all.
+    ``RUN_DIR/scalars.<ext>`` for one run; ``types`` keeps only those scalars. The file is written
+    whole or not at all.
     """
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
@@ -87,6 +117,12 @@ def export_scalars(path_or_paths: Any, out: str | os.PathLike[str] | None = None
             raise ValueError("pass --format netcdf or --format csv (or an output file ending in .nc or .csv)")
     runs, multi = resolve_runs(path_or_paths, SCALARS)
     ds = open_scalars(runs if multi else runs[0])
+    if types:
+        unknown = [t for t in types if t not in ds.data_vars]
+        if unknown:
+            raise KeyError(f"scalar '{unknown[0]}' is not stored (stored: {', '.join(sorted(ds.data_vars)) or 'none'}); "
+                           "pass --type with a stored name")
+        ds = ds[list(dict.fromkeys(types))]
     if out is None:
         if multi:
             raise ValueError("several runs need an output file; pass -o FILE")
@@ -102,7 +138,8 @@ def export_scalars(path_or_paths: Any, out: str | os.PathLike[str] | None = None
             netcdf_safe(ds).to_netcdf(tmp, engine="h5netcdf")
         else:
             single = all(ds[v].dtype.itemsize <= 4 for v in ds.data_vars)
-            scalars_long_frame(ds).to_csv(tmp, index=False, float_format="%.9g" if single else "%.17g")
+            _csv_frame(ds, runs, multi).to_csv(tmp, index=False, float_format="%.9g" if single else "%.17g",
+                                               na_rep="NaN")
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

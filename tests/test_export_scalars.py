@@ -89,3 +89,21 @@ def test_export_scalars_errors(tmp_path):
     with pytest.raises(ValueError, match="several runs need an output file"):
         export_scalars([run, run], fmt="csv")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_csv_tells_a_computed_nan_from_a_missing_cell_and_filters_by_type(tmp_path):
+    run = _run(tmp_path, "r")
+    write_cells(run, "loss", [10], np.array([np.nan], np.float32))  # computed, and NaN (e.g. a pair that does not separate)
+    r = runner.invoke(app, ["export-scalars", run, "--format", "csv", "--type", "loss", "--type", "induction_score",
+                            "-o", str(tmp_path / "x.csv")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "x.csv").read_text().splitlines()
+    table = pd.read_csv(tmp_path / "x.csv", keep_default_na=False)
+    assert set(table.type) == {"loss", "induction_score"}  # filtered
+    loss = table[table.type == "loss"]
+    assert loss.step.tolist() == [0, 10, 20] and loss.value.tolist()[1] == "NaN"  # computed NaN: a row saying NaN
+    ind = table[table.type == "induction_score"]
+    assert sorted(set(ind.step)) == [0, 20]  # step 10 was never computed: no rows at all
+    assert all(line.split(",")[1] in ("", "0", "1") for line in text[1:] if ",induction_score," in line)  # ints
+    r = runner.invoke(app, ["export-scalars", run, "--format", "csv", "--type", "nope", "-o", str(tmp_path / "y.csv")])
+    assert r.exit_code == 2 and "scalar 'nope' is not stored" in r.output and not (tmp_path / "y.csv").exists()
