@@ -115,6 +115,8 @@ def _variable_spec(dst: DerivedScalarType, config: ModelConfig, probe,
     extra = {"options": json.dumps(resolve_options(dst, options), sort_keys=True, default=str)} if dst.options else {}
     if dst.fingerprint is not None:
         extra["definition"] = dst.fingerprint
+    if dst.nan_means:
+        extra["nan_means"] = dst.nan_means
     return store.VariableSpec(
         name=dst.name,
         dims=tuple(dst.dims),

@@ -23,6 +23,10 @@ __all__ = ["pair_setup"]
 PAIR_PROBE = "default_pair"
 OPTIONS = {"metric": None, "normalize": True, "min_gap": 0.1}
 UNITS = "fraction of the clean-corrupt metric gap (metric units with normalize=False)"
+GAP_NAN = ("every cell of a checkpoint is NaN where the clean and corrupted metrics differ by less than min_gap "
+           "(default 0.1): the pair does not separate them there, so an effect normalised by that gap is undefined "
+           "(--option TYPE.min_gap=0 or TYPE.normalize=false gives raw values); path cells are NaN also where no "
+           "path exists (the source layer is not before the destination)")
 PATH_DIMS = ("layer", "head", "dst_layer", "dst_head", "side")
 SIDE_COORDS = {"side": pt.SIDES}
 
@@ -54,7 +58,7 @@ def _normalise(ctx, diff, gap):
 
 
 # -- exact patching --------------------------------------------------------------------------
-@register("patch_resid", dims=("layer", "pos"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+@register("patch_resid", dims=("layer", "pos"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
           description="activation patching: the clean resid_pre of one layer at one position put into the "
                       "corrupted run; normalised effect on the pair metric")
 def patch_resid(model, probe, clean, ctx):
@@ -71,18 +75,18 @@ def _head_type(what: str):
     return fn
 
 
-register("patch_head_output", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+register("patch_head_output", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
          description="activation patching: one head's clean output (z) put into the corrupted run; normalised "
                      "effect on the pair metric")(_head_type("output"))
-register("patch_head_pattern", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+register("patch_head_pattern", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
          description="activation patching: only one head's clean attention pattern, applied to its corrupted "
                      "values; normalised effect on the pair metric")(_head_type("pattern"))
-register("patch_head_value", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+register("patch_head_value", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
          description="activation patching: only one head's clean values (v), read with its corrupted pattern; "
                      "normalised effect on the pair metric")(_head_type("value"))
 
 
-@register("path_patch", dims=PATH_DIMS, probe=PAIR_PROBE, units=UNITS, options=OPTIONS, sizes=SIDE_COORDS,
+@register("path_patch", dims=PATH_DIMS, probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN, sizes=SIDE_COORDS,
           description="path patching: sender head (layer, head)'s clean-minus-corrupted output added only to the "
                       "q, k or v input of receiver (dst_layer, dst_head) in the corrupted run, later blocks "
                       "recomputed; normalised effect; NaN where dst_layer <= layer")
@@ -91,7 +95,7 @@ def path_patch(model, probe, clean, ctx):
 
 
 # -- attribution patching --------------------------------------------------------------------
-@register("attribution_patch_resid", dims=("layer", "pos"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+@register("attribution_patch_resid", dims=("layer", "pos"), probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
           description="attribution patching (first order) of patch_resid: (clean - corrupted resid_pre) . "
                       "d metric / d resid_pre at the corrupted run, normalised")
 def attribution_patch_resid(model, probe, clean, ctx):
@@ -107,12 +111,12 @@ def _attribution_head_type(what: str):
 
 for _what, _act in (("output", "z"), ("pattern", "pattern"), ("value", "v")):
     register(f"attribution_patch_head_{_what}", dims=("layer", "head"), probe=PAIR_PROBE, units=UNITS,
-             options=OPTIONS,
+             options=OPTIONS, nan_means=GAP_NAN,
              description=f"attribution patching (first order) of patch_head_{_what}: (clean - corrupted {_act}) . "
                          f"d metric / d {_act} at the corrupted run, normalised")(_attribution_head_type(_what))
 
 
-@register("attribution_patch_path", dims=PATH_DIMS, probe=PAIR_PROBE, units=UNITS, options=OPTIONS,
+@register("attribution_patch_path", dims=PATH_DIMS, probe=PAIR_PROBE, units=UNITS, options=OPTIONS, nan_means=GAP_NAN,
           sizes=SIDE_COORDS,
           description="attribution patching (first order) of path_patch: the sender's output difference pushed "
                       "through the receiver's LayerNorm and q/k/v projection, dotted with d metric / d q, k, v")

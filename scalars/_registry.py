@@ -86,6 +86,7 @@ class DerivedScalarType:
     check: Callable[[int, Any, Mapping[str, Any]], str | None] | None = None
     validate: Callable[[Mapping[str, Any], Any], None] | None = None
     fingerprint: str | None = None  # of fn's code; None where `version` alone names the definition
+    nan_means: str = ""  # why a computed cell can be NaN (stored in attrs, printed by `scalars show`)
 
     def __repr__(self) -> str:
         return f"DerivedScalarType({self.name!r}, dims={self.dims}, probe={self.probe!r})"
@@ -132,6 +133,7 @@ def register(
     opt_in: bool = False,
     check: Callable[[int, Any, Mapping[str, Any]], str | None] | None = None,
     validate: Callable[[Mapping[str, Any], Any], None] | None = None,
+    nan_means: str = "",
 ) -> Callable[[Callable], Callable]:
     """Decorator registering `fn(model, probe, clean, ctx) -> array` as the type `name`.
 
@@ -139,6 +141,8 @@ def register(
     aside): edit the code and its stored cells are refused until recomputed with --force. An
     explicit `version` (raise it when the meaning changes) names the definition instead, so code
     edits that keep the meaning keep the stored cells. The built-in types are versioned that way.
+    `nan_means` says why a computed cell can be NaN (e.g. a normalised effect whose denominator is
+    too small); it is stored with the results and printed by `scalars show`.
     Refuses a name that is already registered (unregister it first to replace it).
     Returns the function unchanged; the type is `get_type(name)`.
     """
@@ -150,7 +154,7 @@ def register(
             version=1 if version is None else version, requires=requires,
             options=_pytypes.MappingProxyType(dict(options or {})),
             sizes=_pytypes.MappingProxyType(dict(sizes or {})), opt_in=bool(opt_in), check=check,
-            validate=validate, fingerprint=None if versioned else code_fingerprint(fn),
+            validate=validate, fingerprint=None if versioned else code_fingerprint(fn), nan_means=nan_means,
         )
         _validate(dst)
         if name in _REGISTRY:

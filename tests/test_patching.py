@@ -302,3 +302,21 @@ def test_cli_patch_head_output_shows_the_induction_heads_taking_over(trained_ind
     restored = effect.values[:, 1, top] * gap  # logits restored by that head
     first = int(np.argmax(defined))
     assert restored[first] < 0.5 < 1.0 < restored[-1], "the head's restored logit difference grows across the change"
+
+
+def test_patching_types_say_why_their_cells_can_be_nan(tiny_run, copy_run):
+    import subprocess
+    import sys
+
+    from scalars import plan_compute
+
+    run = copy_run(tiny_run)
+    (spec,) = plan_compute(run, ["patch_resid"]).specs
+    assert "min_gap" in spec.attrs["nan_means"]
+    assert "nan_means" not in plan_compute(run, ["induction_score"]).specs[0].attrs
+    res = subprocess.run([sys.executable, "-m", "cli.app", "compute", str(run), "--type", "patch_resid", "--steps", "0",
+                          "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "cli.app", "show", str(run), "--type", "patch_resid"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and "NaN cells: every cell of a checkpoint is NaN where" in res.stdout.replace("\n", " ")
