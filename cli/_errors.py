@@ -9,7 +9,8 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError,
+               MemoryError)
 err_console = Console(stderr=True)
 
 
@@ -17,6 +18,21 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         return str(exc.args[0])
     return str(exc) or exc.__class__.__name__
+
+
+def _os_error(exc: OSError) -> str:
+    """One sentence for an OSError: what failed, on which file, and what to do for the common ones."""
+    import errno
+
+    where = f" writing {exc.filename}" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the disk{where}; free space there (`df -h .` shows how much is left) and rerun "
+                "the same command: everything stored before is kept")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where or ''}; check the folder's owner and mode, or pass another path"
+    if exc.errno == errno.EROFS:
+        return f"the file system is read-only{where}; pass a path on a writable disk"
+    return f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}"
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -33,7 +49,7 @@ def user_errors(fn: Callable) -> Callable:
             err_console.print("interrupted; what was committed is kept, rerun the same command to finish")
             raise typer.Exit(code=130) from None
         except OSError as exc:  # disk full, permissions: still one line
-            err_console.print(f"[bold red]error:[/] {exc.strerror or exc} ({exc.filename or ''})", soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {_os_error(exc)}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(code=1) from None
 
     return wrapper

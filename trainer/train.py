@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import store
 from .config import validate
 from .sections import SeedConfig, TrainConfig
 from .interventions import intervention_cache, parse_interventions
+from .memory import check_fits
 from .model import build_model, load_named_leaves, named_leaves
 from .run_info import run_info
 from .schedules import AdaptiveSaver, ScheduleSpec
@@ -238,6 +240,7 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
     interventions = parse_interventions(config.get("interventions", []), config)
 
     model = build_model(task.model_config, seed=seeds.init_seed)
+    check_fits(task, model, tc.batch_size, tc.eval_size)  # before the run directory is made
     params, static = eqx.partition(model, eqx.is_array)
     opt = make_optimizer(tc)
     opt_state = opt.init(params)
@@ -256,10 +259,20 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
             start, params, opt_state, saver = _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step)
         else:
             store.write_run_json(run_dir, run_info(config, task.model_config))
-        result = _loop(
-            task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
-            run_dir, archive, metrics, progress, start_saved=start in set(int(x) for x in archive.steps),
-        )
+        try:
+            result = _loop(
+                task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
+                run_dir, archive, metrics, progress, start_saved=start in set(int(x) for x in archive.steps),
+            )
+        except jax.errors.JaxRuntimeError as exc:
+            if "RESOURCE_EXHAUSTED" not in str(exc):
+                raise
+            found = re.search(r"allocating (\d+) bytes", str(exc))
+            size = f" (it tried to allocate {int(found.group(1)) / 2**30:.1f} GiB)" if found else ""
+            raise MemoryError(f"a training step needs more memory than this machine has{size} with "
+                              f"train.batch_size={tc.batch_size} and train.eval_size={tc.eval_size}; memory grows "
+                              f"with both: start a new run with smaller values (another --out, or delete "
+                              f"'{run_dir}' first)") from None
     return result
 
 
