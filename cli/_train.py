@@ -63,6 +63,12 @@ def train_command(
             console.print(f"[bold]preset[/] {cfg.get('preset')}  [bold]out[/] {out}")
             console.print(Syntax(json.dumps(cfg, indent=1), "json", word_wrap=True))
         result = train(cfg, out, progress=not quiet, log=console.print)
+    if result.finished_before:
+        steps = store.read_run_json(result.run_dir)["config"]["train"]["steps"]
+        console.print(f"'{result.run_dir}' is already finished (its checkpoint at train.steps={steps} is stored); "
+                      "nothing to resume; to train longer, start a new run with --set train.steps=N --out NEW",
+                      soft_wrap=True)
+        return
     console.print(
         f"saved {len(result.steps_saved)} checkpoints to {result.run_dir} in {result.seconds:.1f}s "
         f"(final loss {result.final_loss:.4f}; checkpoint writing {result.write_seconds:.1f}s in the background)"

@@ -149,10 +149,6 @@ class _Writer(threading.Thread):
         self.check()
 
 
-class RunFinished(ValueError):
-    """`--resume` of a run that already reached its last step."""
-
-
 class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite: training stops there, earlier checkpoints kept."""
 
@@ -172,6 +168,7 @@ class TrainResult:
     write_seconds: float
     log_times: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     """(step, seconds since the loop started) at every logged step: throughput over time."""
+    finished_before: bool = False  # a resume of a run that was already complete (nothing was done)
 
 
 def _make_step_fn(task: Task, static, opt, interventions, train_key, batch_size: int):
@@ -247,8 +244,8 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.run_lock(run_dir, "train"):
-        if resume and from_step is None:
-            _refuse_finished(run_dir, tc.steps)
+        if resume and from_step is None and _finished(run_dir, tc.steps):
+            return TrainResult(run_dir, [], float("nan"), 0.0, 0.0, finished_before=True)
         if not resume:
             check_out_dir(run_dir)  # again, under the lock: no other trainer is starting in it now
             store.clear_unstarted_run(run_dir)
@@ -276,13 +273,17 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
     return result
 
 
-def _refuse_finished(run_dir: Path, steps: int) -> None:
-    """RunFinished (nothing touched) when the run's last checkpoint is its final step."""
-    committed = store.open_archive(run_dir).steps
-    if committed.size and int(committed[-1]) >= steps:
-        raise RunFinished(f"'{run_dir}' is already finished: its last checkpoint is step {int(committed[-1])} of "
-                          f"train.steps={steps}, so there is nothing to resume; train longer in a new run "
-                          "(`scalars train --config ... --set train.steps=N --out NEW`)")
+def _finished(run_dir: Path, steps: int) -> bool:
+    """True (nothing touched) when the run is complete: its final checkpoint is committed and
+    intact and its metrics reach the final step. A run killed after its last save but before its last
+    metric rows were flushed still resumes (to finish them); a damaged last checkpoint is left to the
+    resume's own check, which names the previous one."""
+    reader = store.open_archive(run_dir)
+    committed = reader.steps
+    if not committed.size or int(committed[-1]) < steps:
+        return False
+    metric_steps = store.open_metrics(run_dir).step.values
+    return bool(metric_steps.size) and int(metric_steps[-1]) >= steps and _intact(reader, int(committed[-1]))
 
 
 def _intact(reader: store.ArchiveReader, step: int) -> bool:
