@@ -73,7 +73,8 @@ class Context:
     # -- interventions --------------------------------------------------------------------
     def head_ablation_metrics(self, *, preserve: str | None = None, ablation: str = "zero"):
         """(loss, accuracy), each (layer, head): the probe metrics with one head removed."""
-        if preserve is None:  # the residual identity: layer l's attention is not re-run (_fast_ablation)
+        if preserve is None and fa.unsupported(self.config) is None:
+            # the residual identity: layer l's attention is not re-run (_fast_ablation)
             return self.memo(("heads", preserve, ablation), lambda: fa.head_ablation_metrics(
                 self.model, self.probe, self.clean, ablation=ablation, head_batching=self.head_batching))
         return self.memo(("heads", preserve, ablation), lambda: iv.head_ablation_metrics(

@@ -6,6 +6,13 @@ layer l's attention is not re-run at all. Then layer l's MLP, blocks l+1.. and t
 run on the whole probe batch at once (B*T rows per matmul, fused QKV, no per-head results
 materialised), and the loss is read only at the rows the metric uses. Equal to the cache-based
 re-run of `_interventions` up to float rounding (the tests compare both with the naive path).
+
+Every architecture option of `ModelConfig` is handled exactly: rotary layouts and partial rotary
+through `Attention.rotate`, grouped-query attention by repeating the shared key/value weights per
+query head, RMSNorm and SwiGLU by re-running the MLP whole, and the parallel residual (the MLP
+reads resid_pre, which an ablation in its own layer leaves unchanged: resid_post' = resid_post -
+the head's term). `unsupported(config)` names an option this path does not know, and the engine's
+context then uses the cache-based re-run instead.
 """
 
 from __future__ import annotations
@@ -17,11 +24,34 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from trainer.model import MASKED_SCORE, rotate_interleaved
+from trainer.model import MASKED_SCORE, ModelConfig
 
 from . import _interventions as iv
 
-__all__ = ["head_ablation_metrics", "run_blocks", "block_forward"]
+__all__ = ["head_ablation_metrics", "run_blocks", "block_forward", "unsupported"]
+
+# The values of each ModelConfig option this path computes exactly; an option not listed (a new
+# one) or a value not in its set sends the engine to the cache-based re-run (`unsupported`).
+SUPPORTED = {
+    "norm": {"layernorm", "rmsnorm"},
+    "rope_layout": {"interleaved", "half"},
+    "activation": {"gelu_new", "gelu", "relu", "swiglu"},
+    "positional": {"learned", "rope", "none"},
+    "parallel_residual": {False, True},
+}
+ANY_VALUE = {"n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "head", "vocab_size", "d_in", "n_labels",
+             "attn_only", "layernorm", "ln_eps", "rope_base", "rotary_pct", "n_kv_heads", "qkv_bias", "out_bias",
+             "mlp_bias", "tied_unembed", "unembed_bias", "init_std"}
+
+
+def unsupported(config: ModelConfig) -> str | None:
+    """The first option of `config` this path does not compute exactly, as `name=value`; None if none."""
+    for name, value in config.to_dict().items():
+        if name in ANY_VALUE:
+            continue
+        if name not in SUPPORTED or value not in SUPPORTED[name]:
+            return f"{name}={value!r}"
+    return None
 
 
 QUERY_BLOCK = 32  # causal attention in query blocks of about this many rows: the masked half is skipped
@@ -51,30 +81,32 @@ def _attention(attn, x: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
     H, d, e = attn.W_Q.shape
     B, T, _ = x.shape
     scale = 1.0 / math.sqrt(e)
-    W = jnp.concatenate([attn.W_Q * scale, attn.W_K, attn.W_V], axis=0)  # (3H, d, e)
+    W = jnp.concatenate([attn.W_Q * scale, attn.head_weight("k"), attn.head_weight("v")], axis=0)  # (3H, d, e)
     qkv = x.reshape(B * T, d) @ W.transpose(1, 0, 2).reshape(d, 3 * H * e)
     if attn.b_Q is not None:
-        qkv = qkv + jnp.concatenate([attn.b_Q * scale, attn.b_K, attn.b_V], axis=0).reshape(3 * H * e)
+        biases = [attn.b_Q * scale, attn.head_bias("k"), attn.head_bias("v")]
+        qkv = qkv + jnp.concatenate(biases, axis=0).reshape(3 * H * e)
     qkv = qkv.reshape(B, T, 3 * H, e).transpose(0, 2, 1, 3)
     q, k, v = qkv[:, :H], qkv[:, H:2 * H], qkv[:, 2 * H:]
     if attn.rope_base is not None:  # a rotation: commutes with the scale folded into q
-        rotate = jax.vmap(lambda a: rotate_interleaved(a, attn.rope_base))
+        rotate = jax.vmap(attn.rotate)
         q, k = rotate(q), rotate(k)
     z = _causal_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B * T, H * e)
     out = (z @ attn.W_O.reshape(H * e, d)).reshape(B, T, d)
     return out if attn.b_O is None else out + attn.b_O
 
 
-def _mlp(block, resid_mid: Float[Array, "... d"]) -> Float[Array, "... d"]:
-    """resid_post from resid_mid (LayerNorm and MLP are position-wise: any leading axes)."""
+def _mlp(block, resid_mid: Float[Array, "... d"], resid_pre: Float[Array, "... d"] | None = None) -> Float[Array, "... d"]:
+    """resid_post from resid_mid (norm and MLP are position-wise: any leading axes); a parallel-residual
+    block's MLP reads `resid_pre` instead."""
     if block.mlp is None:
         return resid_mid
-    return resid_mid + block.mlp(block.ln2(resid_mid))
+    return resid_mid + block.mlp(block.ln2(block.mlp_input(resid_pre, resid_mid)))
 
 
 def block_forward(block, resid: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
     """One transformer block on a batch of residual streams (no cache, nothing else returned)."""
-    return _mlp(block, resid + _attention(block.attn, block.ln1(resid)))
+    return _mlp(block, resid + _attention(block.attn, block.ln1(resid)), resid)
 
 
 def run_blocks(model, start: int, resid: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
@@ -107,9 +139,10 @@ def _factored_mlp(block, resid_mid: Float[Array, "B T d"]):
     MLP's first matmul through its e-dimensional z only: LN2(x - dz W_O_h) W_in =
     ((xc * w) W_in - dz (W_O_h (w * W_in)) + mean(dz W_O_h) (w W_in)) / sigma' + b W_in, with x's
     centred product shared by all heads and sigma' the ablated row's own LN scale (exact algebra).
-    None where it does not apply (no MLP, no LayerNorm, SwiGLU): then the MLP is re-run whole."""
+    None where it does not apply (no MLP, no LayerNorm, RMSNorm, SwiGLU, parallel residual): then
+    the MLP is re-run whole, or for a parallel residual left at its clean output."""
     mlp, ln = block.mlp, block.ln2
-    if mlp is None or ln.w is None or mlp.W_gate is not None:
+    if mlp is None or ln.w is None or not ln.center or mlp.W_gate is not None or block.parallel:
         return None
     centred = resid_mid - resid_mid.mean(-1, keepdims=True)
     shared = (centred * ln.w) @ mlp.W_in  # (B, T, m): once per layer
@@ -142,12 +175,14 @@ def head_ablation_metrics(
         block = model.blocks[layer]
         z = out["attn_output"]["z"]  # (B, H, T, e)
         dz = z - iv.ablation_value(z, ablation)  # what each head's removal takes away, before W_O
-        resid_mid = out["resid_mid"]
+        resid_mid, resid_post = out["resid_mid"], out["resid_post"]
         factored = _factored_mlp(block, resid_mid)
 
-        def one(h, layer=layer, block=block, dz=dz, resid_mid=resid_mid, factored=factored):
+        def one(h, layer=layer, block=block, dz=dz, resid_mid=resid_mid, resid_post=resid_post, factored=factored):
             dz_h, w_o = jnp.take(dz, h, axis=1), block.attn.W_O[h]
-            if factored is None:
+            if block.parallel:  # the MLP read resid_pre, which this ablation does not change
+                resid = resid_post - dz_h @ w_o
+            elif factored is None:
                 resid = _mlp(block, resid_mid - dz_h @ w_o)
             else:
                 resid = factored(dz_h, w_o)

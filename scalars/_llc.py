@@ -66,8 +66,11 @@ def probe_loss_fn(model, probe):
 
 
 def head_param_names(attn) -> tuple[str, ...]:
-    """The per-head parameter arrays of an attention layer (q/k/v biases only if the model has them)."""
-    return tuple(n for n in HEAD_PARAMS if getattr(attn, n) is not None)
+    """The per-head parameter arrays of an attention layer (q/k/v biases only if the model has them).
+    With grouped-query attention a query head owns only its Q and O slices (K and V are shared by its
+    group), so W_K, W_V, b_K and b_V are left out."""
+    shared = ("W_K", "W_V", "b_K", "b_V") if attn.group_size > 1 else ()
+    return tuple(n for n in HEAD_PARAMS if getattr(attn, n) is not None and n not in shared)
 
 
 def _head_loss_fn(model, probe, clean: dict, layer: int):

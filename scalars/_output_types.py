@@ -86,7 +86,7 @@ def direct_logit_attributions(
             result = result - value_bias_writes(block)[None, :, None, :]
         if ln.w is not None:
             scale = clean["ln_final_output"]["scale"][:, None, positions]  # (B, 1, P, 1)
-            result = (result - result.mean(-1, keepdims=True)) / scale * ln.w
+            result = ln.linear_part(result, scale)  # centred (LayerNorm) or not (RMSNorm)
         out.append(jnp.einsum("bhpd,bpd->bhp", result, direction).mean((0, 2)))
     return jnp.stack(out)
 

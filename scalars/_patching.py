@@ -270,7 +270,7 @@ def logit_diff_attributions(model, pair, clean: dict) -> Float[Array, "layer hea
         result = jax.vmap(lambda r: _gather_pos(r, pos), in_axes=1, out_axes=1)(layer_out["attn_output"]["result"])
         if ln.w is not None:
             scale = _gather_pos(clean["ln_final_output"]["scale"], pos)[:, None]  # (B, 1, K, 1)
-            result = (result - result.mean(-1, keepdims=True)) / scale * ln.w
+            result = ln.linear_part(result, scale)  # centred (LayerNorm) or not (RMSNorm)
         out.append(jnp.einsum("bhkd,bkd->bh", result, direction).mean(0) / pos.shape[1])
     return jnp.stack(out)
 

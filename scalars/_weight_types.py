@@ -46,7 +46,7 @@ def weight_composition_scores(model, which: str) -> Float[Array, "layer head src
     """`||W_O^src W_X^dst||_F / (||W_O^src||_F ||W_X^dst||_F)`, X = `which` (q, k or v): head matrices only."""
 
     def pair(src: int, layer: int) -> Array:
-        W_X = getattr(model.blocks[layer].attn, f"W_{which.upper()}")  # (H, d, e)
+        W_X = model.blocks[layer].attn.head_weight(which)  # (H, d, e): grouped-query K/V repeated per query head
         W_O = model.blocks[src].attn.W_O  # (G, e, d)
         prod = jnp.einsum("ged,hdf->hgef", W_O, W_X, precision=HIGHEST)
         num = jnp.sqrt((prod**2).sum((2, 3)))  # (H, G)
@@ -58,8 +58,9 @@ def weight_composition_scores(model, which: str) -> Float[Array, "layer head src
 
 def _factors(attn, which: str) -> tuple[Array, Array]:
     """(A, B) with the head's d x d circuit = A @ B: OV = W_V W_O, QK = W_Q W_K^T, QK^T = W_K W_Q^T."""
-    return {"ov": (attn.W_V, attn.W_O), "qk": (attn.W_Q, jnp.swapaxes(attn.W_K, 1, 2)),
-            "qk_t": (attn.W_K, jnp.swapaxes(attn.W_Q, 1, 2))}[which]
+    W_K, W_V = attn.head_weight("k"), attn.head_weight("v")  # per query head (grouped-query attention)
+    return {"ov": (W_V, attn.W_O), "qk": (attn.W_Q, jnp.swapaxes(W_K, 1, 2)),
+            "qk_t": (W_K, jnp.swapaxes(attn.W_Q, 1, 2))}[which]
 
 
 def _reduce(A: Float[Array, "H d e"], B: Float[Array, "H e d"]) -> tuple[Array, Array]:

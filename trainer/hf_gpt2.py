@@ -48,6 +48,13 @@ def gpt2_problems(config: ModelConfig) -> list[str]:
         problems.append(f"it has no {', '.join(missing)} (GPT-2 has biases on every linear map)")
     if config.unembed_bias:
         problems.append("it has an unembedding bias (GPT-2's lm_head has none)")
+    if config.norm != "layernorm":
+        problems.append(f"its norm is {config.norm} (GPT-2 has LayerNorm)")
+    if config.parallel_residual:
+        problems.append("it has a parallel residual (GPT-2's MLP reads the stream after attention)")
+    if config.n_kv_heads not in (None, config.n_heads):
+        problems.append(f"it has grouped-query attention ({config.n_kv_heads} key/value heads; GPT-2 has one per "
+                        "query head)")
     return problems
 
 

@@ -11,6 +11,10 @@ from ._layers import MLP as MLP
 from ._layers import Attention as Attention
 from ._layers import Block as Block
 from ._layers import LayerNorm as LayerNorm
+from ._layers import ROTATIONS as ROTATIONS
+from ._layers import apply_rotary as apply_rotary
+from ._layers import norm_for as norm_for
+from ._layers import rotate_half as rotate_half
 from ._layers import rotate_interleaved as rotate_interleaved
 from ._params import build_model as build_model
 from ._params import leaf_specs as leaf_specs

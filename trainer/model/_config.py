@@ -13,10 +13,14 @@ from typing import Any, Literal
 Activation = Literal["gelu_new", "gelu", "relu", "swiglu"]
 Positional = Literal["learned", "rope", "none"]
 Head = Literal["lm", "classifier", "regression"]
+Norm = Literal["layernorm", "rmsnorm"]
+RopeLayout = Literal["interleaved", "half"]
 
 ACTIVATIONS = ("gelu_new", "gelu", "relu", "swiglu")
 POSITIONALS = ("learned", "rope", "none")
 HEADS = ("lm", "classifier", "regression")
+NORMS = ("layernorm", "rmsnorm")
+ROPE_LAYOUTS = ("interleaved", "half")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +28,10 @@ class ModelConfig:
     """Architecture of a decoder-only transformer with a token-LM or a sequence-classifier head.
 
     The defaults give a GPT-2 block (pre-LN, learned positions, gelu_new, biases everywhere).
+    Other public families are option sets: GPT-NeoX (Pythia) is `positional="rope"`,
+    `rope_layout="half"`, `rotary_pct`, `parallel_residual`, exact `gelu`; Llama is
+    `norm="rmsnorm"`, `activation="swiglu"`, half-layout rope, `n_kv_heads` (grouped-query
+    attention: keys and values shared by `n_heads // n_kv_heads` query heads), no biases.
     `head="classifier"` reads exemplar vectors of size `d_in` and labels in `0..n_labels-1`.
     `head="regression"` reads (x, y) pairs as tokens of size `d_in` = dim(x) + 1 and predicts
     one number per position (in-context linear regression).
@@ -44,6 +52,11 @@ class ModelConfig:
     activation: Activation = "gelu_new"
     positional: Positional = "learned"
     rope_base: float = 10000.0
+    rope_layout: RopeLayout = "interleaved"  # pairs (2i, 2i+1) or GPT-NeoX/Llama's halves (i, i + r/2)
+    rotary_pct: float = 1.0  # fraction of each head's dims that rotate (the first int(d_head * pct))
+    norm: Norm = "layernorm"  # kind of every norm when `layernorm` is on (rmsnorm: no centring, no bias)
+    parallel_residual: bool = False  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: one per query head
     qkv_bias: bool = True
     out_bias: bool = True
     mlp_bias: bool = True
@@ -69,8 +82,19 @@ class ModelConfig:
             raise ValueError(f"unknown model.positional {self.positional!r}; choose one of {', '.join(POSITIONALS)}")
         if self.head not in HEADS:
             raise ValueError(f"unknown model.head {self.head!r}; choose one of {', '.join(HEADS)}")
-        if self.positional == "rope" and self.d_head % 2:
-            raise ValueError(f"rotary positions need an even head size, got d_head={self.d_head}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown model.norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"unknown model.rope_layout {self.rope_layout!r}; choose one of {', '.join(ROPE_LAYOUTS)}")
+        if not 0 < self.rotary_pct <= 1:
+            raise ValueError(f"model.rotary_pct must be in (0, 1], got {self.rotary_pct}")
+        if self.positional == "rope" and (self.rotary_dim % 2 or self.rotary_dim == 0):
+            raise ValueError(f"rotary positions need an even, positive number of rotated dims, got "
+                             f"int(d_head * rotary_pct) = {self.rotary_dim} (d_head={self.d_head})")
+        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or isinstance(self.n_kv_heads, bool)
+                                            or self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"model.n_kv_heads must be a positive divisor of model.n_heads ({self.n_heads}) or null, "
+                             f"got {self.n_kv_heads!r}")
         if self.head == "lm" and self.vocab_size <= 0:
             raise ValueError(f"model.vocab_size must be positive for a language model, got {self.vocab_size}")
         if self.head == "classifier":
@@ -92,6 +116,16 @@ class ModelConfig:
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each head rotate (GPT-NeoX's rotary_ndims = int(d_head * rotary_pct))."""
+        return int(self.d_head * self.rotary_pct)
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_heads`, or one per query head."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @property
     def mlp_width(self) -> int:

@@ -25,16 +25,30 @@ def _normal(key, shape, std):
 
 
 class LayerNorm(ModuleWithAux):
-    """LayerNorm over the last axis; exposes `scale` (T, 1) so it can be frozen through the cache."""
+    """LayerNorm (or, with `kind="rmsnorm"`, RMSNorm: no centring, no bias) over the last axis;
+    exposes `scale` (T, 1) so it can be frozen through the cache."""
 
     w: Float[Array, " d"] | None
     b: Float[Array, " d"] | None
     eps: float = eqx.field(static=True)
+    center: bool = eqx.field(static=True)
 
-    def __init__(self, d_model: int, *, enabled: bool = True, eps: float = 1e-5):
+    def __init__(self, d_model: int, *, enabled: bool = True, eps: float = 1e-5, kind: str = "layernorm"):
+        if kind not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"unknown norm kind {kind!r}; choose layernorm or rmsnorm")
+        self.center = kind == "layernorm"
         self.w = jnp.ones((d_model,), jnp.float32) if enabled else None
-        self.b = jnp.zeros((d_model,), jnp.float32) if enabled else None
+        self.b = jnp.zeros((d_model,), jnp.float32) if enabled and self.center else None
         self.eps = eps
+
+    def centred(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        """`x` minus its mean over the last axis (LayerNorm), or `x` itself (RMSNorm)."""
+        return x - x.mean(-1, keepdims=True) if self.center else x
+
+    def linear_part(self, x: Float[Array, "... d"], scale: Float[Array, "... 1"]) -> Float[Array, "... d"]:
+        """The norm of a contribution `x` with the scale frozen at `scale`: the linear map that direct
+        logit attribution pushes a head's output through (no bias: it belongs to no one head)."""
+        return self.centred(x) / scale * self.w
 
     def call_with_all_aux(self, x, *, cache=None, cache_mask=None, key=None) -> dict:
         r: dict = {}
@@ -42,10 +56,16 @@ class LayerNorm(ModuleWithAux):
         if self.w is None:
             assign("out", x)
             return r
-        centered = x - x.mean(-1, keepdims=True)
+        centered = self.centred(x)
         scale = assign("scale", jnp.sqrt((centered**2).mean(-1, keepdims=True) + self.eps))
-        assign("out", centered / scale * self.w + self.b)
+        out = centered / scale * self.w
+        assign("out", out if self.b is None else out + self.b)
         return r
+
+
+def norm_for(cfg: ModelConfig) -> LayerNorm:
+    """The norm `cfg` puts before attention, MLP and unembedding (LayerNorm, RMSNorm or none)."""
+    return LayerNorm(cfg.d_model, enabled=cfg.layernorm, eps=cfg.ln_eps, kind=cfg.norm)
 
 
 def rotate_interleaved(x: Float[Array, "H T e"], base: float) -> Float[Array, "H T e"]:
@@ -58,47 +78,101 @@ def rotate_interleaved(x: Float[Array, "H T e"], base: float) -> Float[Array, "H
     return jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape)
 
 
+def rotate_half(x: Float[Array, "H T e"], base: float) -> Float[Array, "H T e"]:
+    """Rotary embedding in GPT-NeoX / Llama's layout: component i pairs with i + e/2, both turned
+    by p * base^(-2i/e) (`x * cos + rotate_half(x) * sin` with cos, sin repeated over the halves)."""
+    _, n_pos, e = x.shape
+    inv_freq = base ** (-jnp.arange(0, e, 2, dtype=jnp.float32) / e)
+    angle = jnp.arange(n_pos, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (T, e/2)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    a, b = x[..., : e // 2], x[..., e // 2:]
+    return jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+ROTATIONS = {"interleaved": rotate_interleaved, "half": rotate_half}
+
+
+def apply_rotary(x: Float[Array, "H T e"], base: float, layout: str, rotary_dim: int) -> Float[Array, "H T e"]:
+    """Rotate the first `rotary_dim` dims of every head (layout `interleaved` or `half`); the rest pass."""
+    rotate = ROTATIONS[layout]
+    if rotary_dim == x.shape[-1]:
+        return rotate(x, base)
+    return jnp.concatenate([rotate(x[..., :rotary_dim], base), x[..., rotary_dim:]], axis=-1)
+
+
 class Attention(ModuleWithAux):
-    """Multi-head causal self-attention exposing q, k, v, scores, pattern, z and per-head results."""
+    """Multi-head causal self-attention exposing q, k, v, scores, pattern, z and per-head results.
+
+    With grouped-query attention `W_K`, `W_V` (and biases) hold `G = n_kv_heads` heads, query head h
+    reading kv head `h // (H / G)`; the exposed k and v are per query head all the same (the shared
+    head repeated), so every activation, score and intervention is indexed by query head.
+    """
 
     W_Q: Float[Array, "H d e"]
-    W_K: Float[Array, "H d e"]
-    W_V: Float[Array, "H d e"]
+    W_K: Float[Array, "G d e"]
+    W_V: Float[Array, "G d e"]
     W_O: Float[Array, "H e d"]
     b_Q: Float[Array, "H e"] | None
-    b_K: Float[Array, "H e"] | None
-    b_V: Float[Array, "H e"] | None
+    b_K: Float[Array, "G e"] | None
+    b_V: Float[Array, "G e"] | None
     b_O: Float[Array, " d"] | None
     rope_base: float | None = eqx.field(static=True)
+    rope_layout: str = eqx.field(static=True)
+    rotary_dim: int = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key):
         kq, kk, kv, ko = jax.random.split(key, 4)
-        H, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        H, G, d, e = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.W_Q = _normal(kq, (H, d, e), cfg.init_std)
-        self.W_K = _normal(kk, (H, d, e), cfg.init_std)
-        self.W_V = _normal(kv, (H, d, e), cfg.init_std)
+        self.W_K = _normal(kk, (G, d, e), cfg.init_std)
+        self.W_V = _normal(kv, (G, d, e), cfg.init_std)
         self.W_O = _normal(ko, (H, e, d), cfg.init_std)
-        zeros_he = jnp.zeros((H, e), jnp.float32)
-        self.b_Q = zeros_he if cfg.qkv_bias else None
-        self.b_K = zeros_he if cfg.qkv_bias else None
-        self.b_V = zeros_he if cfg.qkv_bias else None
+        self.b_Q = jnp.zeros((H, e), jnp.float32) if cfg.qkv_bias else None
+        self.b_K = jnp.zeros((G, e), jnp.float32) if cfg.qkv_bias else None
+        self.b_V = jnp.zeros((G, e), jnp.float32) if cfg.qkv_bias else None
         self.b_O = jnp.zeros((d,), jnp.float32) if cfg.out_bias else None
         self.rope_base = cfg.rope_base if cfg.positional == "rope" else None
+        self.rope_layout = cfg.rope_layout
+        self.rotary_dim = cfg.rotary_dim
 
     @property
     def n_heads(self) -> int:
         return self.W_Q.shape[0]
 
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.W_Q.shape[0] // self.W_K.shape[0]
+
+    def per_query_head(self, a: Array | None) -> Array | None:
+        """A key/value-side array with a leading kv-head axis repeated to one entry per query head."""
+        if a is None or self.group_size == 1:
+            return a
+        return jnp.repeat(a, self.group_size, axis=0)
+
+    def head_weight(self, which: str) -> Float[Array, "H d e"]:
+        """W_Q, W_K or W_V (`which` in q/k/v) with one (d, e) matrix per query head."""
+        return {"q": self.W_Q, "k": self.per_query_head(self.W_K), "v": self.per_query_head(self.W_V)}[which]
+
+    def head_bias(self, which: str) -> Float[Array, "H e"] | None:
+        """b_Q, b_K or b_V per query head (None without biases)."""
+        return {"q": self.b_Q, "k": self.per_query_head(self.b_K), "v": self.per_query_head(self.b_V)}[which]
+
     def project(self, x: Float[Array, "T d"], which: str) -> Float[Array, "H T e"]:
-        """Queries, keys or values (`which` in q/k/v) of every head for normalized input `x`."""
-        W, b = {"q": (self.W_Q, self.b_Q), "k": (self.W_K, self.b_K), "v": (self.W_V, self.b_V)}[which]
+        """Queries, keys or values (`which` in q/k/v) of every query head for normalized input `x`."""
+        W, b = self.head_weight(which), self.head_bias(which)
         out = jnp.einsum("td,hde->hte", x, W)
         return out if b is None else out + b[:, None, :]
 
+    def rotate(self, x: Float[Array, "H T e"]) -> Float[Array, "H T e"]:
+        """Queries or keys with their rotary position embedding applied (unchanged without rope)."""
+        if self.rope_base is None:
+            return x
+        return apply_rotary(x, self.rope_base, self.rope_layout, self.rotary_dim)
+
     def scores_from(self, q: Float[Array, "H T e"], k: Float[Array, "H T e"]) -> Float[Array, "H T T"]:
         """Causally masked pre-softmax scores from (unrotated) queries and keys."""
-        if self.rope_base is not None:
-            q, k = rotate_interleaved(q, self.rope_base), rotate_interleaved(k, self.rope_base)
+        q, k = self.rotate(q), self.rotate(k)
         n_pos = q.shape[1]
         scores = jnp.einsum("hqe,hke->hqk", q, k) / math.sqrt(q.shape[-1])
         causal = jnp.tril(jnp.ones((n_pos, n_pos), bool))
@@ -178,19 +252,30 @@ class MLP(ModuleWithAux):
 
 
 class Block(ModuleWithAux):
-    """Pre-LN transformer block: resid_mid = resid_pre + attn(ln1(resid_pre)), then the MLP likewise."""
+    """Pre-LN transformer block: resid_mid = resid_pre + attn(ln1(resid_pre)), then the MLP likewise.
+
+    With `parallel_residual` (GPT-NeoX) the MLP reads `ln2(resid_pre)` instead of `ln2(resid_mid)`;
+    `resid_mid` is still resid_pre + the attention output and resid_post = resid_mid + the MLP output,
+    so a cache edit of resid_mid reaches resid_post but not the MLP's input.
+    """
 
     ln1: LayerNorm
     attn: Attention
     ln2: LayerNorm | None
     mlp: MLP | None
+    parallel: bool = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key):
         k_attn, k_mlp = jax.random.split(key)
-        self.ln1 = LayerNorm(cfg.d_model, enabled=cfg.layernorm, eps=cfg.ln_eps)
+        self.ln1 = norm_for(cfg)
         self.attn = Attention(cfg, key=k_attn)
-        self.ln2 = None if cfg.attn_only else LayerNorm(cfg.d_model, enabled=cfg.layernorm, eps=cfg.ln_eps)
+        self.ln2 = None if cfg.attn_only else norm_for(cfg)
         self.mlp = None if cfg.attn_only else MLP(cfg, key=k_mlp)
+        self.parallel = cfg.parallel_residual
+
+    def mlp_input(self, resid_pre: Float[Array, "... d"], resid_mid: Float[Array, "... d"]) -> Float[Array, "... d"]:
+        """The residual stream the MLP's norm reads: resid_pre (parallel residual) or resid_mid."""
+        return resid_pre if self.parallel else resid_mid
 
     def call_with_all_aux(self, x, *, cache=None, cache_mask=None, key=None) -> dict:
         r: dict = {}
@@ -207,7 +292,7 @@ class Block(ModuleWithAux):
             resid_post = assign("resid_post", resid_mid)
         else:
             r["ln2_output"] = self.ln2.call_with_all_aux(
-                resid_mid, cache=sub_cache(cache, "ln2_output"), cache_mask=sub_cache(cache_mask, "ln2_output")
+                self.mlp_input(resid_pre, resid_mid), cache=sub_cache(cache, "ln2_output"), cache_mask=sub_cache(cache_mask, "ln2_output")
             )
             r["mlp_output"] = self.mlp.call_with_all_aux(
                 r["ln2_output"]["out"], cache=sub_cache(cache, "mlp_output"), cache_mask=sub_cache(cache_mask, "mlp_output")

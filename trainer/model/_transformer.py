@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from ._aux import Cache, ModuleWithAux, layer_cache, make_cache_assign, sub_cache
 from ._config import ModelConfig
-from ._layers import Block, LayerNorm, _normal
+from ._layers import Block, LayerNorm, _normal, norm_for
 
 
 class TokenEmbed(eqx.Module):
@@ -91,7 +91,7 @@ class Transformer(ModuleWithAux):
         embed_cls = {"lm": TokenEmbed, "classifier": ClassifierEmbed, "regression": RegressionEmbed}[config.head]
         self.embed = embed_cls(config, key=k_embed)
         self.blocks = [Block(config, key=k) for k in jax.random.split(k_blocks, config.n_layers)]
-        self.ln_final = LayerNorm(config.d_model, enabled=config.layernorm, eps=config.ln_eps)
+        self.ln_final = norm_for(config)
         tied = config.head == "lm" and config.tied_unembed
         self.W_U = None if tied else _normal(k_unembed, (config.d_model, config.n_outputs), config.init_std)
         use_bias = config.unembed_bias or config.head in ("classifier", "regression")
