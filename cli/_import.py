@@ -1,7 +1,7 @@
 """`scalars import`: bring checkpoints written by other code in as ordinary run directories.
 
-`--from` picks the format: `hf` (a series of GPT-2-format checkpoint directories,
-`trainer.hf_gpt2.import_hf`) or `icl-dynamics` (run folders of the icl-dynamics code,
+`--from` picks the format: `hf` (a series of Hugging Face checkpoint directories of one family,
+gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_families.import_hf`) or `icl-dynamics` (run folders of the icl-dynamics code,
 `trainer.importers.import_icl_dynamics`).
 """
 
@@ -27,7 +27,7 @@ def _parse_steps(text: str) -> list[int]:
 
 @user_errors
 def import_command(
-    dirs: list[str] = typer.Argument(..., help="checkpoint directories (hf) or icl-dynamics run folders"),
+    dirs: list[str] = typer.Argument(..., help="checkpoint directories or a folder of them (hf) or icl-dynamics run folders"),
     out: str = typer.Option(..., "--out", "-o", help="run directory to create (several icl-dynamics runs: one "
                                                     "sub-directory each)"),
     from_: str = typer.Option("hf", "--from", help="source format: hf or icl-dynamics"),
@@ -43,10 +43,13 @@ def import_command(
     if from_ == "hf":
         if data is not None or exemplars is not None:
             raise ValueError("--data and --exemplars apply to --from icl-dynamics only")
-        from trainer.hf_gpt2 import import_hf
+        from trainer.hf_families import import_hf
 
         written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps))
-        console.print(f"imported {len(dirs)} checkpoint director{'y' if len(dirs) == 1 else 'ies'} into {written or out}")
+        import store
+
+        n = len(store.read_run_json(written)["steps"])
+        console.print(f"imported {n} checkpoint director{'y' if n == 1 else 'ies'} into {written}")
         return
     if steps is not None:
         raise ValueError("--steps applies to --from hf only; icl-dynamics steps come from the checkpoint file names")

@@ -52,9 +52,10 @@ def _weight_files(d: Path) -> list[Path]:
             raise FileNotFoundError(f"'{d / missing[0]}', named in '{d / INDEX}', does not exist; copy the "
                                     "complete checkpoint directory")
         return [d / s for s in shards]
-    if (d / "pytorch_model.bin").is_file():
-        raise ValueError(f"'{d}' has only pytorch_model.bin; this importer reads safetensors: save the model "
-                         "with save_pretrained(..., safe_serialization=True)")
+    pickles = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
+    if pickles:
+        raise ValueError(f"'{d}' has only {pickles[0]} (a pickle, which this importer does not load); convert it "
+                         "to safetensors: load it with transformers and save_pretrained(..., safe_serialization=True)")
     raise FileNotFoundError(f"'{d}' has no {WEIGHTS}; pass Hugging Face checkpoint directories "
                             f"({CONFIG_JSON} + {WEIGHTS})")
 
@@ -79,6 +80,7 @@ def tensor_headers(d: str | os.PathLike[str]) -> tuple[dict[str, Any], Headers, 
     headers: Headers = {}
     files = _weight_files(path)
     for file in files:
+        check_not_truncated(file)
         try:
             with safe_open(file, framework="numpy") as f:
                 for name in f.keys():
@@ -92,29 +94,81 @@ def tensor_headers(d: str | os.PathLike[str]) -> tuple[dict[str, Any], Headers, 
     return config, headers, str(files[0]) if len(files) == 1 else str(path / INDEX)
 
 
-def read_checkpoint_dir(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint directory (all shards) as numpy arrays."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+_NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+                 "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
+
+def _raw_header(file: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header and the offset its tensor data starts at."""
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 0 or n > os.path.getsize(file) - 8:
+            raise ValueError(f"'{file}' is not a readable safetensors file (no complete header); re-export the "
+                             "checkpoint")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"'{file}' is not a readable safetensors file (its header is not JSON); re-export the "
+                             "checkpoint") from None
+    return (header if isinstance(header, dict) else {}), 8 + n
+
+
+def check_not_truncated(file: Path) -> None:
+    """Refuse a safetensors file shorter than its header says (a copy or download cut short)."""
+    header, start = _raw_header(file)
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    want, got = start + max(ends, default=0), os.path.getsize(file)
+    if got < want:
+        raise ValueError(f"'{file}' is truncated: its header describes {want} bytes but the file has {got}; "
+                         "copy the checkpoint again")
+
+
+def load_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of one safetensors file as numpy, dtypes as stored except bfloat16 (numpy has
+    none), which is widened exactly to float32."""
+    file = Path(file)
+    check_not_truncated(file)
+    header, start = _raw_header(file)
+    data = np.memmap(file, dtype=np.uint8, mode="r")
+    out: dict[str, np.ndarray] = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        if spec.get("dtype") not in _NUMPY_DTYPES:
+            raise ValueError(f"tensor '{name}' in '{file}' has dtype {spec.get('dtype')}, which this importer "
+                             "cannot read; save float32, float16 or bfloat16 weights")
+        lo, hi = (start + int(x) for x in spec["data_offsets"])
+        arr = np.frombuffer(data[lo:hi].tobytes(), dtype=_NUMPY_DTYPES[spec["dtype"]]).reshape(spec["shape"])
+        if spec["dtype"] == "BF16":  # the top 16 bits of a float32
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr
+    return out
+
+
+def read_checkpoint_dir(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint directory (all shards) as numpy arrays (bfloat16 as float32)."""
     out: dict[str, np.ndarray] = {}
     for file in _weight_files(_checkpoint_dir(d)):
-        try:
-            out.update(load_file(file))
-        except SafetensorError as exc:
-            raise ValueError(f"'{file}' is not a readable safetensors file ({exc}); re-export the checkpoint") from None
+        out.update(load_safetensors(file))
     return out
 
 
 def step_from_name(d: str | os.PathLike[str], provenance: Any = None) -> int:
-    """The step of a checkpoint directory: from its name (``step-1000``, ``checkpoint-1000``), else our record."""
-    match = _STEP_NAME.search(Path(d).resolve().name)
+    """The step of a checkpoint directory: from its name (``step-1000``, ``checkpoint-1000``, any name with
+    exactly one integer), else our record."""
+    name = Path(d).resolve().name
+    match = _STEP_NAME.search(name)
     if match:
         return int(match.group(1))
+    numbers = re.findall(r"\d+", name)
+    if len(numbers) == 1:  # any other name with exactly one integer: step1000, iter_2000, 3000
+        return int(numbers[0])
     if isinstance(provenance, Mapping) and isinstance(provenance.get("step"), int):
         return int(provenance["step"])
-    raise ValueError(f"cannot tell the step of '{d}': name the directory like step-1000 or checkpoint-1000, "
-                     "or pass --steps")
+    raise ValueError(f"cannot tell the step of '{d}': name the directory like step-1000 or checkpoint-1000 "
+                     "(one integer in the name), or pass --steps")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._hf_files import (CONFIG_JSON, build_atomically, read_checkpoint_dir, step_from_name, tensor_headers,
-                        write_checkpoint_dir)
+from ._hf_files import write_checkpoint_dir
 from .model import ModelConfig
 
 __all__ = ["check_gpt2_compatible", "hf_config", "model_config_from_hf", "to_hf_tensors", "from_hf_tensors",
@@ -220,98 +219,10 @@ def export_hf(run_dir: str | os.PathLike[str], step: int, out_dir: str | os.Path
     return out
 
 
-def _strip(name: str) -> str:
-    return name[len("transformer."):] if name.startswith("transformer.") else name
-
-
-def _check_tensors(path: str, headers: Mapping[str, tuple[tuple[int, ...], str, str]], config: ModelConfig) -> None:
-    """Every expected tensor present with its shape and a float dtype; nothing unknown."""
-    want = hf_tensor_shapes(config)
-    got = {_strip(k): v for k, v in headers.items()}
-    for name, shape in want.items():
-        if name not in got:
-            raise ValueError(f"'{path}' has no tensor '{name}' (config.json describes {config.n_layers} layers, "
-                             f"d_model {config.d_model}); pass complete GPT-2 checkpoints")
-        if tuple(got[name][0]) != shape:
-            raise ValueError(f"tensor '{name}' in '{got[name][2]}' has shape {tuple(got[name][0])}, config.json implies "
-                             f"{shape}; the checkpoint and its config.json disagree")
-        if got[name][1] not in ("F16", "BF16", "F32", "F64"):
-            raise ValueError(f"tensor '{name}' in '{got[name][2]}' has dtype {got[name][1]}; only float tensors can be "
-                             "imported")
-    tied_head = config.tied_unembed and "lm_head.weight" in got
-    extra = [k for k in got if k not in want and not k.endswith(BUFFERS) and not (tied_head and k == "lm_head.weight")]
-    if extra:
-        raise ValueError(f"'{got[extra[0]][2]}' holds tensor '{extra[0]}', which is not part of a GPT-2 language model; "
-                         "pass GPT2LMHeadModel checkpoints")
-    if tied_head and tuple(got["lm_head.weight"][0]) != want["wte.weight"]:
-        raise ValueError(f"tensor 'lm_head.weight' in '{got['lm_head.weight'][2]}' has shape {tuple(got['lm_head.weight'][0])}, "
-                         f"expected {want['wte.weight']} (tied to wte)")
-
-
-def _plan_import(dirs: list[str], steps: list[int] | None) -> tuple[ModelConfig, dict, list[tuple[int, str]]]:
-    if not dirs:
-        raise ValueError("no checkpoint directories given; pass at least one GPT-2 checkpoint directory")
-    if steps is not None and len(steps) != len(dirs):
-        raise ValueError(f"--steps gives {len(steps)} steps for {len(dirs)} directories; give one step per "
-                         "directory")
-    config, first_cfg, first_dir, plan = None, {}, "", []
-    for i, d in enumerate(dirs):
-        cfg, headers, files = tensor_headers(d)
-        this = model_config_from_hf(cfg, os.path.join(d, CONFIG_JSON))
-        if config is None:
-            config, first_cfg, first_dir = this, cfg, d
-        elif this != config:
-            diff = [k for k, v in this.to_dict().items() if config.to_dict()[k] != v]
-            raise ValueError(f"'{d}' has a different architecture from '{first_dir}' ({diff[0]}: "
-                             f"{this.to_dict()[diff[0]]} vs {config.to_dict()[diff[0]]}); import one model's "
-                             "checkpoints per run")
-        _check_tensors(files, headers, this)
-        step = steps[i] if steps is not None else step_from_name(d, cfg.get(CONFIG_KEY))
-        if step < 0:
-            raise ValueError(f"step {step} of '{d}' is negative; steps must be >= 0")
-        plan.append((step, d))
-    seen: dict[int, str] = {}
-    for step, d in plan:
-        if step in seen:
-            raise ValueError(f"'{seen[step]}' and '{d}' both give step {step}; pass --steps to tell them apart")
-        seen[step] = d
-    assert config is not None
-    return config, first_cfg, sorted(plan)
-
-
 def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike[str],
               steps: list[int] | None = None) -> Path:
-    """Import GPT-2 checkpoint directories as one run directory (run.json + checkpoints.zarr).
+    """Import checkpoint directories as one run directory; the importer of every family
+    (`trainer.hf_families.import_hf`, which dispatches on config.json's model_type)."""
+    from .hf_families import import_hf as import_any
 
-    Steps come from ``steps``, else from names like ``step-1000`` / ``checkpoint-1000``, else from
-    our own provenance in config.json. Every directory and tensor is validated before anything is
-    written, and the run appears only once complete (built beside ``out_run_dir``, then renamed).
-    """
-    import store
-    from .run_info import package_versions
-
-    names = [os.fspath(d) for d in dirs]
-    out = Path(out_run_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"'{out}' already exists and is not empty; pass a new run directory to --out")
-    config, hf_cfg, plan = _plan_import(names, steps)
-    block = hf_cfg.get(CONFIG_KEY) if isinstance(hf_cfg.get(CONFIG_KEY), Mapping) else {}
-    run_config = block.get("config") if isinstance(block.get("config"), Mapping) and block.get("config") else None
-    if run_config is None:
-        bos = hf_cfg.get("bos_token_id")
-        bos = int(bos) if isinstance(bos, int) and 0 <= bos < config.vocab_size else 0
-        run_config = {"model": config.to_dict(), "task": {"kind": "imported", "bos_token": bos}}
-    info = {"source": "hf-gpt2 import", "imported_from": [os.path.abspath(d) for d in names],
-            "steps": [s for s, _ in plan], "config": run_config, "seeds": block.get("seeds", {}),
-            "model": config.to_dict(), "versions": package_versions(), "step_unit": "as named by the checkpoints"}
-
-    def fill(tmp: Path) -> None:
-        store.write_run_json(tmp, info)
-        with store.ArchiveWriter(tmp, capacity=len(plan)) as writer:
-            for step, d in plan:
-                tensors = {_strip(k): v for k, v in read_checkpoint_dir(d).items()}
-                leaves = {k: np.asarray(v, np.float32) for k, v in from_hf_tensors(tensors, config).items()}
-                writer.write_checkpoint(step, leaves)
-
-    build_atomically(out, fill)
-    return out
+    return import_any(dirs, out_run_dir, steps=steps)
