@@ -1,7 +1,7 @@
-"""`scalars export` (a checkpoint as a Hugging Face GPT-2 directory) and `scalars export-scalars`.
+"""`scalars export` (a checkpoint as a Hugging Face directory of its family) and `scalars export-scalars`.
 
 `scalars import DIR... --out RUN_DIR` (GPT-2 directories -> a run) lives in cli/_import.py; both
-call trainer/hf_gpt2.py.
+call trainer/hf_families.py.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ console = Console()
 def export_command(
     run_dir: str = typer.Argument(..., help="run directory"),
     step: str = typer.Option(..., "--step", help="checkpoint step to export: a step number, first or last"),
-    format_: str = typer.Option("hf", "--format", help="checkpoint format: hf (GPT-2 config.json + model.safetensors)"),
+    format_: str = typer.Option("hf", "--format", help="checkpoint format: hf (config.json + model.safetensors of the "
+                                                     "run's family: gpt2, gpt_neox or llama)"),
     out: str = typer.Option(..., "-o", "--out", help="directory to create"),
 ) -> None:
-    """Export one checkpoint of a GPT-2-compatible run as a Hugging Face GPT-2 directory."""
+    """Export one checkpoint of a run as a Hugging Face directory of its family (GPT-2, GPT-NeoX or Llama)."""
     if format_ != "hf":
         raise ValueError(f"--format {format_!r} is not supported; use --format hf")
     import store
     from scalars import select_steps
-    from trainer.hf_gpt2 import export_hf
+    from trainer.hf_families import export_hf
 
     if not store.is_run_dir(run_dir):
         raise ValueError(f"'{run_dir}' is not a run directory (no run.json); pass a directory written by "

@@ -293,3 +293,42 @@ def test_new_options_are_validated_with_one_sentence():
         ModelConfig(n_heads=4, d_model=16, positional="rope", rotary_pct=0.25)
     with pytest.raises(ValueError, match=r"unknown model.norm 'batchnorm'"):
         ModelConfig(norm="batchnorm")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_patching_types_fast_path_equals_naive(family):
+    from scalars._patch_naive import NAIVE_TYPES, NaivePatcher
+
+    config = FAMILY_CONFIGS[family]
+    pair = scalars.induction_pair(seed=1, batch=3, T=4, vocab_size=config.vocab_size)
+    model = _random_model(config, 6)
+    fn = scalars.make_compute_fn(NAIVE_TYPES, config, pair, options={t: {"normalize": False} for t in NAIVE_TYPES})
+    fast, patcher = fn(eqx.filter(model, eqx.is_array)), NaivePatcher(model, pair)
+    for name in NAIVE_TYPES:
+        ref = scalars.naive_patching(name, model, pair, normalize=False, patcher=patcher)
+        np.testing.assert_allclose(np.asarray(fast[name]), ref, **TOL, equal_nan=True, err_msg=f"{family}: {name}")
+
+
+@pytest.mark.parametrize("name", ["gpt_neox_sequential_rot100", "llama_gqa_tied", "llama_gqa_untied"])
+def test_export_of_an_imported_series_gives_back_the_same_files(name, tmp_path):
+    folder = _series(tmp_path, name, steps=(0, 10))
+    run = import_hf([folder], tmp_path / "run")
+    r = runner.invoke(app, ["export", str(run), "--step", "10", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    original, again = load_file(folder / "step10" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert original.keys() == again.keys() and all(np.array_equal(original[k], again[k]) for k in original)
+    back = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert model_config_from_hf(back) == ModelConfig.from_dict(store.read_run_json(run)["model"])
+    assert back["model_type"] == json.loads((folder / "step10" / "config.json").read_text())["model_type"]
+
+
+def test_export_refuses_an_architecture_no_family_expresses(tmp_path):
+    from trainer.hf_families import family_for_config
+
+    cfg = ModelConfig(n_layers=1, d_model=16, n_heads=2, vocab_size=10, positional="rope", norm="rmsnorm",
+                      activation="gelu")
+    with pytest.raises(ValueError, match=r"cannot be written as a Hugging Face checkpoint \(not GPT-2, as .*rotary.*; "
+                                         r"not GPT-NeoX, as its norm is rmsnorm.*; not Llama, as .*activation is gelu"):
+        family_for_config(cfg)
+    assert family_for_config(FAMILY_CONFIGS["llama_gqa"]).model_type == "llama"
+    assert family_for_config(FAMILY_CONFIGS["neox_parallel_partial"]).model_type == "gpt_neox"

@@ -26,7 +26,8 @@ from . import hf_gpt2
 from ._hf_files import CONFIG_JSON, build_atomically, read_checkpoint_dir, step_from_name, tensor_headers
 from .model import ModelConfig
 
-__all__ = ["HFFamily", "FAMILIES", "family_for_hf", "model_config_from_hf", "import_hf", "expand_series"]
+__all__ = ["HFFamily", "FAMILIES", "family_for_hf", "family_for_config", "model_config_from_hf", "import_hf",
+           "export_hf", "expand_series"]
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -50,6 +51,7 @@ class HFFamily:
     to_hf: Callable[[Tensors, ModelConfig], dict[str, np.ndarray]]
     hf_config: Callable[[ModelConfig], dict[str, Any]]
     head_name: str  # the untied LM head tensor (allowed and ignored when the embeddings are tied)
+    problems: Callable[[ModelConfig], list[str]]  # what stops a ModelConfig from being this family (export)
     buffers: tuple[str, ...] = ()
 
     def strip(self, name: str) -> str:
@@ -316,16 +318,63 @@ def llama_hf_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+# -- which family a ModelConfig is (export) -------------------------------------------------------
+def _lm_problems(config: ModelConfig) -> list[str]:
+    problems = []
+    if config.head != "lm":
+        problems.append(f"it has a {config.head} head (a causal LM has a token head)")
+    if config.attn_only:
+        problems.append("it is attention-only (the blocks need an MLP)")
+    if not config.layernorm:
+        problems.append("it has no norms")
+    if config.unembed_bias:
+        problems.append("it has an unembedding bias")
+    return problems
+
+
+def neox_problems(config: ModelConfig) -> list[str]:
+    """What stops ``config`` from being a GPT-NeoX (empty when it is one)."""
+    problems = _lm_problems(config)
+    if config.norm != "layernorm":
+        problems.append(f"its norm is {config.norm} (GPT-NeoX has LayerNorm)")
+    if config.positional != "rope" or config.rope_layout != "half":
+        problems.append("it does not use rotate-half rotary positions")
+    if config.activation not in NEOX_HF_ACTIVATION:
+        problems.append(f"its MLP activation is {config.activation}")
+    if not config.mlp_bias or config.qkv_bias != config.out_bias:
+        problems.append("its biases are not GPT-NeoX's (MLP biases, attention biases on both or neither)")
+    if config.kv_heads != config.n_heads:
+        problems.append("it has grouped-query attention")
+    return problems
+
+
+def llama_problems(config: ModelConfig) -> list[str]:
+    """What stops ``config`` from being a Llama (empty when it is one)."""
+    problems = _lm_problems(config)
+    if config.norm != "rmsnorm":
+        problems.append(f"its norm is {config.norm} (Llama has RMSNorm)")
+    if config.positional != "rope" or config.rope_layout != "half" or config.rotary_pct != 1.0:
+        problems.append("it does not rotate whole heads with rotate-half rotary positions")
+    if config.activation != "swiglu":
+        problems.append(f"its MLP activation is {config.activation} (Llama's is SwiGLU)")
+    if config.qkv_bias or config.out_bias or config.mlp_bias:
+        problems.append("it has biases (Llama has none)")
+    if config.parallel_residual:
+        problems.append("it has a parallel residual")
+    return problems
+
+
 # -- the registry -------------------------------------------------------------------------------
 FAMILIES: dict[str, HFFamily] = {
     "gpt2": HFFamily("gpt2", "GPT2LMHeadModel", "GPT-2 language model", "transformer.", hf_gpt2.model_config_from_hf,
                      hf_gpt2.hf_tensor_shapes, hf_gpt2.from_hf_tensors, hf_gpt2.to_hf_tensors,
-                     lambda c: hf_gpt2.hf_config(c), "lm_head.weight", hf_gpt2.BUFFERS),
+                     lambda c: hf_gpt2.hf_config(c), "lm_head.weight", hf_gpt2.gpt2_problems, hf_gpt2.BUFFERS),
     "gpt_neox": HFFamily("gpt_neox", "GPTNeoXForCausalLM", "GPT-NeoX language model", "gpt_neox.", neox_config_from_hf, neox_tensor_shapes,
-                         neox_from_hf, neox_to_hf, neox_hf_config, "embed_out.weight",
+                         neox_from_hf, neox_to_hf, neox_hf_config, "embed_out.weight", neox_problems,
                          ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")),
     "llama": HFFamily("llama", "LlamaForCausalLM", "Llama language model", "model.", llama_config_from_hf, llama_tensor_shapes,
-                      llama_from_hf, llama_to_hf, llama_hf_config, "lm_head.weight", ("rotary_emb.inv_freq",)),
+                      llama_from_hf, llama_to_hf, llama_hf_config, "lm_head.weight", llama_problems,
+                      ("rotary_emb.inv_freq",)),
 }
 
 
@@ -336,6 +385,43 @@ def family_for_hf(cfg: Mapping[str, Any], where: str = CONFIG_JSON) -> HFFamily:
         raise ValueError(f"{where} describes a '{kind}' model, which cannot be imported; importable model types "
                          f"are {', '.join(FAMILIES)}")
     return FAMILIES[kind]
+
+
+def family_for_config(config: ModelConfig, what: str = "this model") -> HFFamily:
+    """The family that expresses ``config`` exactly; one sentence naming what stops each otherwise."""
+    reasons = []
+    for family in FAMILIES.values():
+        problems = family.problems(config)
+        if not problems:
+            return family
+        reasons.append(f"not {family.display.split()[0]}, as {', '.join(problems)}")
+    raise ValueError(f"{what} cannot be written as a Hugging Face checkpoint ({'; '.join(reasons)}); export needs an "
+                     "architecture of one family, such as the induction-gpt2 preset")
+
+
+def export_hf(run_dir: str | os.PathLike[str], step: int, out_dir: str | os.PathLike[str]) -> Path:
+    """Write checkpoint ``step`` of a run as an HF directory of its family (config.json + model.safetensors),
+    loadable by transformers' AutoModelForCausalLM; nothing is written for an architecture no family expresses."""
+    import store
+    from ._hf_files import write_checkpoint_dir
+
+    run_dir = Path(run_dir)
+    info = store.read_run_json(run_dir)
+    if "model" not in info:
+        raise ValueError(f"run '{run_dir}' has no model config in run.json; it was not written by this package")
+    config = ModelConfig.from_dict(info["model"])
+    family = family_for_config(config, f"run '{run_dir}'")
+    if family.model_type == "gpt2":
+        return hf_gpt2.export_hf(run_dir, step, out_dir)
+    leaves = store.open_archive(run_dir).load(int(step))
+    run_config = info.get("config", {})
+    bos = int(run_config.get("task", {}).get("bos_token", 0)) if isinstance(run_config, Mapping) else 0
+    hf_cfg = {**family.hf_config(config), "bos_token_id": bos, "eos_token_id": bos, "torch_dtype": "float32",
+              hf_gpt2.CONFIG_KEY: {"source_run": str(run_dir.resolve()), "step": int(step), "model": config.to_dict(),
+                                   "config": run_config, "seeds": info.get("seeds", {})}}
+    tensors = {(k if k == family.head_name else family.prefix + k): v for k, v in family.to_hf(leaves, config).items()}
+    write_checkpoint_dir(Path(out_dir), hf_cfg, tensors)
+    return Path(out_dir)
 
 
 def model_config_from_hf(cfg: Mapping[str, Any], where: str = CONFIG_JSON) -> ModelConfig:
