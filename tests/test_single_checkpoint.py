@@ -203,6 +203,22 @@ def test_ablate_neuron_equals_editing_w_out():
                                           attn_only=True)), tokens, 0, 0)
 
 
+def test_per_position_mean_ablation_of_a_neuron_equals_the_numpy_forward():
+    model = planted(MLP_CFG)
+    tokens, _ = tokens_pair(2)
+    per_position = numpy_forward(model, tokens)[1]["blocks.0.mlp.hook_post"][..., 5].mean(0)  # (T,)
+
+    def edit(name, value):
+        if name == "blocks.0.mlp.hook_post":
+            value = value.copy()
+            value[..., 5] = per_position[None, :]
+        return value
+
+    got = ablate_neuron(model, tokens, 0, 5, kind="mean_per_position")
+    close(got, numpy_forward(model, tokens, edit)[0])
+    assert not np.allclose(got, ablate_neuron(model, tokens, 0, 5, kind="mean"), atol=1e-4)
+
+
 @pytest.mark.parametrize("position", [None, 4])
 def test_patch_head_equals_the_numpy_forward_with_z_replaced(position):
     model = planted(MLP_CFG)

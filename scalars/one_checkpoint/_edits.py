@@ -68,8 +68,9 @@ def _ablate_head(model, inputs, layer: int, head: int, kind: str) -> dict:
 
 def ablate_head(model: CheckpointModel, inputs: Inputs, layer: int, head: int, kind: str = "zero", *,
                 return_cache: bool = False) -> Result:
-    """Logits with head (layer, head)'s z replaced by 0 (`kind="zero"`) or by its mean over the
-    batch and positions (`"mean"`), everything downstream recomputed; with `return_cache` also the cache."""
+    """Logits with head (layer, head)'s z replaced by 0 (`kind="zero"`), by its mean over the batch
+    and positions (`"mean"`) or over the batch at each position (`"mean_per_position"`), everything
+    downstream recomputed; with `return_cache` also the cache."""
     cfg = model.config
     layer = _check_index("layer", layer, cfg.n_layers, "layers")
     head = _check_index("head", head, cfg.n_heads, "heads per layer")
@@ -109,14 +110,22 @@ def patch_head(model: CheckpointModel, clean_inputs: Inputs, corrupt_inputs: Inp
 def _ablate_neuron(model, inputs, layer: int, neuron: int, kind: str) -> dict:
     base = model.batched_aux(inputs)
     post = base["layer_outputs"][layer]["mlp_output"]["post"]  # (B, T, m)
-    value = jnp.zeros((), post.dtype) if kind == "zero" else post[..., neuron].mean()
+    value = _NEURON_VALUES[kind](post[..., neuron])  # broadcasts against (B, T)
     return _rerun(model, layer, base, {"mlp_output": {"post": post.at[..., neuron].set(value)}})
+
+
+_NEURON_VALUES = {  # what an ablated neuron's post-activation (B, T) becomes, by kind (as iv.ABLATIONS)
+    "zero": lambda a: jnp.zeros((), a.dtype),
+    "mean": lambda a: a.mean(),
+    "mean_per_position": lambda a: a.mean(0, keepdims=True),
+}
 
 
 def ablate_neuron(model: CheckpointModel, inputs: Inputs, layer: int, neuron: int, kind: str = "zero", *,
                   return_cache: bool = False) -> Result:
-    """Logits with MLP neuron (layer, neuron)'s post-activation set to 0 (`kind="zero"`) or to its mean
-    over the batch and positions (`"mean"`); with `return_cache` also the cache."""
+    """Logits with MLP neuron (layer, neuron)'s post-activation set to 0 (`kind="zero"`), to its mean
+    over the batch and positions (`"mean"`) or over the batch at each position (`"mean_per_position"`);
+    with `return_cache` also the cache."""
     cfg = model.config
     if cfg.attn_only:
         raise ValueError("this model is attention-only: it has no MLP neurons to ablate")
