@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,10 @@ def _n_rows(group: Any) -> int:
 class MetricsWriter:
     """Buffers ``append(step, values)`` rows and writes them on ``flush()`` (and on context exit)."""
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str],
+                 describe: Callable[[str], Mapping[str, str]] | None = None) -> None:
+        """`describe(name)` gives a new column's attrs (e.g. units and description)."""
+        self.describe = describe
         self.root = _root(run_dir)
         os.makedirs(run_dir, exist_ok=True)
         self._group = zio.open_group(self.root, "a")
@@ -113,7 +116,8 @@ class MetricsWriter:
             if name not in self._cols:
                 self._cols[name] = zio.create_array(
                     self._group["m"], safe_key(name), shape=(cap,), chunks=(_CHUNK,), dtype="float64",
-                    fill_value=np.nan, dimension_names=(STEP,), attributes={"metric_name": name}, overwrite=True)
+                    fill_value=np.nan, dimension_names=(STEP,), overwrite=True,
+                    attributes={**(dict(self.describe(name)) if self.describe else {}), "metric_name": name})
         region = slice(start, start + k)
         items = [(arr, region, np.array([row.get(n, math.nan) for _, row in self._buffer], np.float64))
                  for n, arr in self._cols.items()]  # every column: stale rows must become NaN
@@ -154,7 +158,8 @@ def _open_one(run_dir: str) -> xr.Dataset:
     cols = _columns(group)
     names = list(cols)
     values = zio.read_many([(zio.get_array(group, STEP), slice(0, n))] + [(cols[c], slice(0, n)) for c in names])
-    data = {c: (STEP, v) for c, v in zip(names, values[1:])}
+    data = {c: xr.Variable(STEP, v, attrs={k: a for k, a in zio.attrs(cols[c]).items() if k != "metric_name"})
+            for c, v in zip(names, values[1:])}
     return xr.Dataset(data, coords={STEP: np.asarray(values[0], np.int64)}, attrs={"source": root})
 
 

@@ -32,6 +32,7 @@ from .config import validate
 from .sections import SeedConfig, TrainConfig
 from .interventions import intervention_cache, parse_interventions
 from .memory import check_fits
+from .metric_info import describe_metric
 from .model import build_model, load_named_leaves, named_leaves
 from .run_info import run_info
 from .schedules import AdaptiveSaver, ScheduleSpec
@@ -251,7 +252,7 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
             store.clear_unstarted_run(run_dir)
         start = 0
         archive = store.ArchiveWriter(run_dir, {k: (v.shape, v.dtype.name) for k, v in _to_host(params).items()})
-        metrics = store.MetricsWriter(run_dir)
+        metrics = store.MetricsWriter(run_dir, describe=describe_metric)
         if resume:
             start, params, opt_state, saver = _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step)
         else:
