@@ -17,7 +17,7 @@ def verify_command(run_dir: str = typer.Argument(..., help="run directory")) -> 
 
     store.read_run_json(run_dir)
     notes: list[str] = []
-    problems = store.verify_archive(run_dir, notes) + store.verify_scalars(run_dir)
+    problems = store.verify_archive(run_dir, notes) + store.verify_scalars(run_dir, notes)
     for note in notes:  # left by a killed writer, cleared by the next one: not a problem
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     if problems:

@@ -8,7 +8,9 @@ it shared while they read metadata. (A lock file inside the zarr folder would ma
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from . import _zarr_io as zio
-from ._files import exclusive_lock, shared_lock
+from ._files import exclusive_lock, shared_lock, stale_temp_files
 from ._runs import concat_runs, resolve_runs
 from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, coord_values, fmt_dims,
                       mask_name)
@@ -198,6 +200,18 @@ def _swap_in(group: Any, root: str, name: str) -> None:
     mask.attrs.update({_SWAP_PENDING: False})
 
 
+STALE_AFTER_S = 600.0  # a temporary chunk file this old is a killed writer's (a live one's lasts milliseconds)
+
+
+def _remove_stale_temps(root: str) -> None:
+    """Delete temporary files killed writers left (other computes may be writing now: only old ones)."""
+    now = time.time()
+    for path in stale_temp_files(root):
+        with contextlib.suppress(FileNotFoundError):
+            if now - os.path.getmtime(path) > STALE_AFTER_S:
+                os.unlink(path)
+
+
 def _finish_swaps(group: Any, root: str) -> None:
     """Finish every swap that a killed process began (see ``_swap_in``)."""
     for key, arr in zio.list_arrays(group).items():
@@ -238,6 +252,7 @@ def ensure_variables(run_dir: str | os.PathLike[str], specs: Sequence[VariableSp
     with exclusive_lock(_lock_path(run_dir)):
         group = zio.open_group(_root(run_dir), "a")
         _finish_swaps(group, _root(run_dir))
+        _remove_stale_temps(_root(run_dir))
         if zio.get_array(group, STEP) is None:
             zio.create_array(group, STEP, shape=(steps.size,), chunks=(_STEP_CHUNK,), dtype="int64",
                              fill_value=-1, dimension_names=(STEP,))

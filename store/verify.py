@@ -134,11 +134,16 @@ def verify_archive(run_dir: str | os.PathLike[str], notes: list[str] | None = No
     return problems
 
 
-def verify_scalars(run_dir: str | os.PathLike[str]) -> list[str]:
-    """Check ``scalars.zarr``: step axis, one mask per variable, and every computed cell readable."""
+def verify_scalars(run_dir: str | os.PathLike[str], notes: list[str] | None = None) -> list[str]:
+    """Check ``scalars.zarr``: step axis, one mask per variable, and every computed cell readable.
+    Temporary files and staged copies a killed compute left go to ``notes`` (they are not problems:
+    the next compute removes or finishes them)."""
     root = os.path.join(os.fspath(run_dir), SCALARS)
     if not zio.group_exists(root):
         return []
+    notes = [] if notes is None else notes
+    for path in files.stale_temp_files(root):
+        notes.append(f"{path} is a temporary file left by a killed writer; the next `scalars compute` removes it")
     fix = "mark it uncomputed with store.clear_cells and rerun `scalars compute`"
     problems: list[str] = []
     try:

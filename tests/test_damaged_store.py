@@ -118,3 +118,18 @@ def test_a_missing_step_axis_is_refused_in_one_sentence(computed_run, copy_run):
     assert store.verify_scalars(run)
     for argv in (["show", str(run), "--type", VAR, "--step", "20"], ["compute", str(run), "--type", VAR]):
         assert "has no step coordinate" in one_error_line(cli(*argv))
+
+
+def test_temporary_files_a_killed_compute_left_are_noted_then_removed(computed_run, copy_run):
+    run = copy_run(computed_run)
+    stale = run / "scalars.zarr" / VAR / "c" / "1" / "0" / f"0.{'a' * 32}.partial"
+    stale.write_bytes(b"half a chunk")
+    old = stale.stat().st_mtime - 3600
+    os.utime(stale, (old, old))
+    fresh = stale.with_name(f"0.{'b' * 32}.partial")  # another compute's write in progress: kept
+    fresh.write_bytes(b"in flight")
+    notes: list[str] = []
+    assert store.verify_scalars(run, notes) == []
+    assert any(str(stale) in n and "killed writer" in n for n in notes)
+    compute_run(run, [VAR], steps="0")  # the next writer
+    assert not stale.exists() and fresh.exists()
