@@ -220,7 +220,7 @@ def test_corrupted_checkpoint_in_a_batch_fails_only_that_step(sweep_runs, cluste
     (["bogus=1,2"], "neither a short name"),
     (["model.n_layer=1,2"], "unknown config key 'model.n_layer'"),
     (["seed=1,1"], "repeats a value"),
-    (["seed=0,1", "seeds.init_seed=2"], "sets seeds.init_seed twice"),
+    (["init_seed=0,1", "seeds.init_seed=2"], "sets seeds.init_seed twice"),
     (["n_layers=0,1"], "model.n_layers must be a positive integer, got 0"),
 ])
 def test_bad_sweeps_train_nothing(sweep, message, tmp_path):
