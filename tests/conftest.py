@@ -73,3 +73,19 @@ def copy_run(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every matplotlib Figure saved during the test: (panels without colorbars, figure)."""
+    import matplotlib.figure
+
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def record(self, *args, **kwargs):
+        saved.append(([a for a in self.axes if a.get_label() != "<colorbar>"], self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    return saved

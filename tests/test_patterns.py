@@ -6,7 +6,6 @@ import json
 import re
 
 import jax
-import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
@@ -75,20 +74,6 @@ def test_attention_pattern_is_in_all_and_sized_by_the_probe():
     assert scalars.type_shape("attention_pattern", config, probe) == (3, 2, 11, 11)
     regression = scalars.from_regression_arrays(np.zeros((2, 4, 3)), np.zeros((2, 4)))
     assert scalars.type_shape("attention_pattern", config, regression) == (3, 2, 7, 7)  # x0 y0 ... x3
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every Figure saved during the test: (panels without colorbars, figure)."""
-    saved = []
-    real = matplotlib.figure.Figure.savefig
-
-    def record(self, *args, **kwargs):
-        saved.append(([a for a in self.axes if a.get_label() != "<colorbar>"], self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
-    return saved
 
 
 def _page_data(path) -> dict:

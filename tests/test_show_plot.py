@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
@@ -37,20 +36,6 @@ def _run(tmp_path, name, layers=2, heads=4, seed=0):
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")  # rich reads it when printing: table cells stay on one line
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every Figure saved during the test: (panels without colorbars, figure)."""
-    saved = []
-    real = matplotlib.figure.Figure.savefig
-
-    def record(self, *args, **kwargs):
-        saved.append(([a for a in self.axes if a.get_label() != "<colorbar>"], self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
-    return saved
 
 
 def _grid(panels) -> tuple[int, int]:
