@@ -21,10 +21,8 @@ from typing import Any
 import store
 
 from ._compute import ComputeFn, model_template
-from ._registry import expand_type_names
-from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _buildable, _validate_program,
-                      applicable_types, compute_run, default_block_size, dropped_warnings, expand_run_dirs,
-                      load_run_model_config, plan_compute)
+from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _validate_program, compute_run,
+                      default_block_size, dropped_warnings, plan_runs)
 
 __all__ = ["BatchTask", "plan_runs", "partition", "compute_batch", "MAX_STEPS_PER_TASK"]
 
@@ -45,22 +43,6 @@ class BatchTask:
     @property
     def label(self) -> str:
         return f"{self.run_dir} steps {self.steps[0]}-{self.steps[-1]}"
-
-
-def plan_runs(run_dirs: Sequence[str], types: Sequence[str], *, all_types: bool = False, steps: str | None = None,
-              probe: str | None = None, force: bool = False,
-              options: Mapping[str, Mapping[str, Any]] | None = None) -> list[ComputePlan]:
-    """Expand globs and plan every run (nothing written); any bad run or request fails before work starts."""
-    if all_types and types:
-        raise ValueError("pass either --type NAME ... or --all, not both")
-    plans = []
-    for d in expand_run_dirs(run_dirs):
-        names, built = expand_type_names(types), None
-        if all_types:
-            names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
-        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,
-                                  built_probes=built))
-    return plans
 
 
 def partition(plans: Sequence[ComputePlan], steps_per_task: int) -> list[BatchTask]:

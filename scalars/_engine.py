@@ -512,6 +512,22 @@ def applicable_types(config: ModelConfig) -> list[str]:
     return [t.name for t in list_types() if t.requires in (None, config.head) and not t.opt_in]
 
 
+def plan_runs(run_dirs: Sequence[str], types: Sequence[str], *, all_types: bool = False, steps: str | None = None,
+              probe: str | None = None, force: bool = False,
+              options: Mapping[str, Mapping[str, Any]] | None = None) -> list[ComputePlan]:
+    """Expand globs and plan every run (nothing written); any bad run or request fails before work starts."""
+    if all_types and types:
+        raise ValueError("pass either --type NAME ... or --all, not both")
+    plans = []
+    for d in expand_run_dirs(run_dirs):
+        names, built = expand_type_names(types), None
+        if all_types:
+            names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
+        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,
+                                  built_probes=built))
+    return plans
+
+
 def compute_runs(
     run_dirs: Sequence[str],
     types: Sequence[str],
@@ -529,16 +545,7 @@ def compute_runs(
     `options` maps a type name to option overrides."""
     from .progress import CellProgress
 
-    dirs = expand_run_dirs(run_dirs)
-    if all_types and types:
-        raise ValueError("pass either --type NAME ... or --all, not both")
-    plans = []
-    for d in dirs:
-        names, built = expand_type_names(types), None
-        if all_types:
-            names, built = _buildable(d, applicable_types(load_run_model_config(d)[1]), probe)
-        plans.append(plan_compute(d, names, steps=steps, probe=probe, force=force, options=options,
-                                  built_probes=built))
+    plans = plan_runs(run_dirs, types, all_types=all_types, steps=steps, probe=probe, force=force, options=options)
     total = sum(p.n_cells for p in plans)
     if log:
         log(f"{total} cells to compute over {len(plans)} run(s)")

@@ -217,7 +217,7 @@ def test_nonfinite_weights_give_nan_with_a_warning(tiny_run, copy_run):
 
 def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeypatch):
     """`--all` plans some 40 types over a handful of probes: each probe is built once, not once per type."""
-    from scalars import _batch, _engine
+    from scalars import _engine
 
     built = []
     real = _engine.build_run_probe
@@ -227,7 +227,7 @@ def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeyp
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(_engine, "build_run_probe", counting)
-    plans = _batch.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
+    plans = _engine.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
     n_types = len(plans[0].types)
     assert n_types > 20
     assert built and sorted(built) == sorted(set(built)), built  # no probe built twice
