@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .presets import PRESETS
-from .sections import MAX_STEPS, CheckpointConfig, SeedConfig, TrainConfig  # noqa: F401 (re-exported)
+from .sections import CheckpointConfig, SeedConfig, TrainConfig
 
 SECTIONS = ("model", "task", "train", "seeds", "checkpoints", "interventions")
 
