@@ -91,8 +91,8 @@ def over_steps(ds: xr.Dataset, name: str, steps=None, max_columns: int = 12) -> 
         header = ["step"] + [f"max over heads, layer {int(layer)}" for layer in da["layer"].values]
         cols = []
         for layer in da["layer"].values:
-            best, where = _max_cell(da.sel(layer=layer).expand_dims(layer=[layer]), dims)
-            cols.append([f"{v:.4f} H{w.split('H')[1]}" if w else "nan" for v, w in zip(best, where)])
+            best, where = _max_cell(da.sel(layer=layer), ["head"])
+            cols.append([f"{v:.4f} H{w}" if w else "nan" for v, w in zip(best, where)])
         return header, [[step] + [col[i] for col in cols] for i, step in enumerate(step_labels)]
     if dims and n_cells > max_columns:
         best, where = _max_cell(da, dims)
