@@ -70,14 +70,14 @@ def _stored_coord(group: Any, dim: str) -> np.ndarray | None:
     return None if arr is None else coord_values(arr[:], f"stored coord '{dim}'")
 
 
-def _internal(name: str) -> bool:
+def internal_array(name: str) -> bool:
     """A mask or a staged replacement: stored arrays that are not scalars of their own."""
     return name.startswith((MASK_PREFIX, STAGED_PREFIX))
 
 
 def _variables(group: Any) -> dict[str, Any]:
     return {k: a for k, a in zio.list_arrays(group).items()
-            if not _internal(k) and zio.dimension_names(a)[:1] == (STEP,) and a.ndim >= 1 and k != STEP}
+            if not internal_array(k) and zio.dimension_names(a)[:1] == (STEP,) and a.ndim >= 1 and k != STEP}
 
 
 _MISMATCH = {  # attr -> (what differs, how to keep the stored cells instead of recomputing)

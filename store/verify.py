@@ -17,11 +17,11 @@ import numpy as np
 
 from . import _files as files
 from . import _zarr_io as zio
-from ._schema import MASK_PREFIX, mask_name
+from ._schema import mask_name
 from .checkpoints import ARCHIVE, leaf_crc32
 from .dims import STEP
 from .errors import StoreError
-from .scalars_store import SCALARS, STAGED_PREFIX
+from .scalars_store import SCALARS, internal_array
 
 __all__ = ["verify_archive", "verify_scalars"]
 
@@ -159,7 +159,7 @@ def verify_scalars(run_dir: str | os.PathLike[str], notes: list[str] | None = No
         problems.append(f"the step axis of {root} is not strictly increasing or has unfilled entries; rerun "
                         "`scalars compute` to finish growing it, or delete it and recompute")
     for name, arr in sorted(arrays.items()):
-        if name == STEP or name.startswith((MASK_PREFIX, STAGED_PREFIX)) or zio.dimension_names(arr)[:1] != (STEP,):
+        if name == STEP or internal_array(name) or zio.dimension_names(arr)[:1] != (STEP,):
             continue
         mask = arrays.get(mask_name(name))
         if mask is None:
