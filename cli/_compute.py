@@ -45,22 +45,32 @@ def compute_command(
     stall_timeout: float = typer.Option(900.0, "--stall-timeout", min=0.1,
                                         help="seconds without a finished checkpoint block before the compute is "
                                              "called stalled and stopped"),
+    estimate: bool = typer.Option(False, "--estimate", help="print what the request would cost (cells, FLOPs per "
+                                  "type, compile and per-checkpoint time measured on the first checkpoint) and "
+                                  "stop; nothing is stored"),
 ) -> None:
     """Compute derived scalars for every (selected) checkpoint of each run; only missing cells.
 
     Several runs (or --workers N, or --scheduler ADDR) run on dask.distributed; see docs/batch.md.
     """
-    from scalars import StallError, compute_batch
+    from scalars import StallError, compute_batch, estimate_batch
+    from scalars._cost import format_estimate
     from scalars._options import parse_type_options
 
     _load_plugins(plugin)
     # a type's failure at run time is reported once below, without JAX's logged traceback of it
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+    if estimate:
+        for est in estimate_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                                  block_size=block_size, plugins=plugin, options=parse_type_options(option)):
+            for line in format_estimate(est):
+                _log(line)
+        return
     try:
         reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
                                 block_size=block_size, workers=workers, scheduler=scheduler,
                                 steps_per_task=steps_per_task, plugins=plugin, progress=not quiet,
-                                log=console.print, options=parse_type_options(option), stall_timeout=stall_timeout)
+                                log=_log, options=parse_type_options(option), stall_timeout=stall_timeout)
     except StallError as exc:  # its stuck threads never return: leave at once (nothing half-written is left)
         exit_now(str(exc), code=3)
     failed = False
@@ -72,6 +82,8 @@ def compute_command(
             failed = True
         console.print(f"{rep.run_dir}: {rep.cells_computed} cells computed over {rep.checkpoints_computed} "
                       f"checkpoints in {rep.seconds:.1f}s")
+        if len(rep.type_seconds) > 1:
+            _log(f"  per type (compute time split by XLA FLOP share): {_type_times(rep.type_seconds)}")
     if failed:
         raise typer.Exit(code=1)
 
@@ -97,6 +109,18 @@ def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python 
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))  # plain text: brackets in descriptions are not markup
     console.print(table)
+
+
+def _log(line: str) -> None:
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def _type_times(seconds: dict[str, float], top: int = 8) -> str:
+    ranked = sorted(seconds.items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{n} {s:.1f}s" for n, s in ranked[:top])
+    if len(ranked) > top:
+        text += f", {len(ranked) - top} more {sum(s for _, s in ranked[top:]):.1f}s"
+    return text
 
 
 def _probe_words(probe: str | None) -> str:

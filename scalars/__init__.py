@@ -19,6 +19,8 @@ from ._engine import StallError as StallError
 from ._engine import compute_run as compute_run
 from ._engine import compute_runs as compute_runs
 from ._batch import compute_batch as compute_batch
+from ._batch import estimate_batch as estimate_batch
+from ._cost import CostEstimate as CostEstimate
 from ._engine import plan_compute as plan_compute
 from ._run_probes import build_run_probe as build_run_probe
 from ._steps import select_steps as select_steps
@@ -67,7 +69,7 @@ __all__ = [
     "from_regression_arrays",
     "detect_repeat_length",
     "Context", "ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_probe", "stack_params",
-    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "plan_compute", "StallError",
+    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "estimate_batch", "CostEstimate", "plan_compute", "StallError",
     "build_run_probe", "select_steps",
     "PairProbe", "induction_pair", "classifier_label_swap_pair", "pair_from_arrays", "pair_from_npy", "naive_patching",
     "load_model", "CheckpointModel", "run_with_cache", "ActivationCache", "ablate_head", "patch_head", "ablate_neuron",

@@ -21,6 +21,7 @@ from typing import Any
 import store
 
 from ._compute import ComputeFn, model_template
+from ._cost import CostEstimate, estimate_cost, format_estimate
 from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _validate_program, compute_run,
                       default_block_size, dropped_warnings, plan_runs)
 
@@ -133,6 +134,8 @@ def _merge(out: ComputeReport, rep: ComputeReport) -> None:
     out.failed_steps.update(rep.failed_steps)
     out.warnings.extend(w for w in rep.warnings if w not in out.warnings)
     out.seconds += rep.seconds
+    for name, sec in rep.type_seconds.items():
+        out.type_seconds[name] = out.type_seconds.get(name, 0.0) + sec
     out.traces += rep.traces
 
 
@@ -210,6 +213,28 @@ def _allowed_failures() -> int:
     return int(dask.config.get("distributed.scheduler.allowed-failures")) + 1
 
 
+def estimate_batch(
+    run_dirs: Sequence[str],
+    types: Sequence[str],
+    *,
+    all_types: bool = False,
+    steps: str | None = None,
+    probe: str | None = None,
+    force: bool = False,
+    block_size: int | None = None,
+    plugins: Sequence[str] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[CostEstimate]:
+    """What `compute_batch` with these arguments would cost, per run: cells, FLOPs per type, and the
+    compile and per-checkpoint seconds measured on the run's first checkpoints (nothing is stored)."""
+    from . import load_plugin
+
+    for p in plugins:
+        load_plugin(str(Path(p).expanduser().resolve()))
+    plans = plan_runs(run_dirs, types, all_types=all_types, steps=steps, probe=probe, force=force, options=options)
+    return [estimate_cost(p, measure=True, block_size=block_size or default_block_size()) for p in plans]
+
+
 def compute_batch(
     run_dirs: Sequence[str],
     types: Sequence[str],
@@ -255,6 +280,11 @@ def compute_batch(
     total = sum(p.n_cells for p in plans)
     if log:
         log(f"{total} cells to compute over {len(plans)} run(s)")
+        if all_types:  # what --all will cost, before it starts
+            for plan in plans[:1]:
+                if plan.n_cells:
+                    for line in format_estimate(estimate_cost(plan)):
+                        log(line)
     if total == 0:
         return [ComputeReport(p.run_dir) for p in plans]
     block_size = block_size or default_block_size()

@@ -26,6 +26,7 @@ from store.checkpoints import leaf_crc32
 from trainer.model import ModelConfig, named_shapes, params_from_named
 
 from ._compute import ComputeFn, check_types, model_template
+from ._cost import split_seconds, type_flops
 from ._registry import DerivedScalarType, expand_type_names, get_type, resolve_options, type_coords
 from ._run_probes import build_run_probe, resolve_probe_name
 from ._steps import select_steps
@@ -97,6 +98,7 @@ class ComputeReport:
     failed_steps: dict[int, str] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    type_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # compute time split by FLOP share
     traces: int = 0  # compiled-program traces (one per distinct set of missing types and block shape)
 
 
@@ -311,7 +313,11 @@ def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int
                     streams: Mapping[tuple[str, ...], int], targets: Mapping[str, str], block_size: int,
                     param_shapes, report: ComputeReport, on_progress: Callable[[int, int], None] | None,
                     stall_timeout: float | None) -> None:
-    """Stream each group's checkpoints in blocks (the next read while one computes) through its program."""
+    """Stream each group's checkpoints in blocks (the next read while one computes) through its
+    program; each group's wall time goes to its types in proportion to their FLOPs."""
+    names_all = sorted({n for names in groups for n in names})
+    costs = type_flops(plan, names_all) if len(names_all) > 1 else {n: 1.0 for n in names_all}
+    flops = {names: {n: costs[n] for n in names} for names in groups}
     total, done = plan.n_cells, 0
     reader = store.open_archive(plan.run_dir)
     n_workers = max(streams.values())
@@ -321,6 +327,7 @@ def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int
     try:
         with _CellWriter(plan, report, targets) as writer:
             for names, group_steps in groups.items():
+                t_group = time.perf_counter()
                 fn = programs[names]
                 blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
                 future = loader.submit(_load, reader, blocks[0])
@@ -347,6 +354,8 @@ def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int
                         if on_progress:
                             on_progress(done, total)
                 report.traces += fn.trace_count
+                for name, sec in split_seconds(time.perf_counter() - t_group, flops.get(names, {})).items():
+                    report.type_seconds[name] = report.type_seconds.get(name, 0.0) + sec
     except StallError:
         stalled = True
         raise
