@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer.metric_info import METRIC_PREFIXES
+
 from .dims import TYPE_DIMS, dim_coords, dim_size
 
 if TYPE_CHECKING:
@@ -101,6 +103,9 @@ def _validate(dst: DerivedScalarType) -> None:
     name = dst.name
     if not isinstance(name, str) or not _SNAKE.match(name):
         raise ValueError(f"derived-scalar type name {name!r} must be snake_case (e.g. 'my_score')")
+    if name.startswith(METRIC_PREFIXES):
+        raise ValueError(f"derived-scalar type name {name!r} starts with {name.split('_')[0]}_, which is kept for "
+                         "training metrics (so a metric and a scalar never share a name); choose another name")
     if not callable(dst.fn):
         raise TypeError(f"type '{name}': fn must be callable, got {type(dst.fn).__name__}")
     if len(set(dst.dims)) != len(dst.dims):

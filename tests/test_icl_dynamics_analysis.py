@@ -146,7 +146,7 @@ def test_evaluators_regenerated_from_config(imported):
         probes[name] = probe = scalars.build_run_probe(f"{name}:batch=256", imported, info, config)
         assert probe.batch_size == 256 and probe.arrays["examples"].shape[1:] == (3, 512)
         acc = float(accuracy(model, probe.arrays["examples"], probe.arrays["labels"]))
-        assert abs(acc - log[f"{name}_accuracy"][-1]) < 0.06, (name, acc, log[f"{name}_accuracy"][-1])
+        assert abs(acc - log[f"eval_{name}_accuracy"][-1]) < 0.06, (name, acc, log[f"eval_{name}_accuracy"][-1])
     pairs = {tuple(sorted(p)) for p in probes["fsl_val_rl"].arrays["labels"][:, :2].tolist()}
     assert pairs == {(2, 3), (3, 4)}  # the validation label pairs
     classes = np.asarray(probes["fsl_test_class"].arrays["examples"])[:, 0]

@@ -347,8 +347,8 @@ def test_import_writes_run_dir(run, tmp_path):
     np.testing.assert_array_equal(train["optimizer_step"].values, log["train"]["step"] / 32)
     evals = metrics.sel(step=log["eval"]["step"])
     assert np.isnan(metrics["train_loss"].sel(step=0))  # step 0 has an eval, no training loss
-    np.testing.assert_allclose(evals["fsl_train_accuracy"].values, log["eval"]["fsl_train_accuracy"])
-    assert evals["fsl_train_accuracy"].values[-1] == 1.0 if run == "main" else True
+    np.testing.assert_allclose(evals["eval_fsl_train_accuracy"].values, log["eval"]["eval_fsl_train_accuracy"])
+    assert evals["eval_fsl_train_accuracy"].values[-1] == 1.0 if run == "main" else True
 
 
 def test_read_log_h5_matches_file():
@@ -358,7 +358,7 @@ def test_read_log_h5_matches_file():
     with h5py.File(MAIN / "log.h5") as f:
         np.testing.assert_array_equal(log["train"]["train_loss"], f["train_loss"][...])
         np.testing.assert_array_equal(log["train"]["step"], np.arange(1, 3126) * 32)
-        np.testing.assert_allclose(log["eval"]["fsl_val_rl_loss"], f["fsl_val_rl/loss"][...].mean(1), rtol=1e-6)
+        np.testing.assert_allclose(log["eval"]["eval_fsl_val_rl_loss"], f["fsl_val_rl/loss"][...].mean(1), rtol=1e-6)
         assert log["eval"]["step"].tolist() == f["eval_iter"][...].tolist()
 
 

@@ -17,7 +17,7 @@ def test_icl_bursty_learns_in_context_above_chance(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     m = store.open_metrics(tmp_path / "run")
     chance = 1 / cfg["task"]["n_labels"]
-    icl = m.icl_accuracy.dropna("step")
+    icl = m.eval_icl_accuracy.dropna("step")
     assert float(icl[0]) < 2 * chance
     assert float(icl[-1]) > 3 * chance, f"ICL accuracy {float(icl[-1]):.3f} vs chance {chance:.3f}"
 

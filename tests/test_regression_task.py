@@ -151,10 +151,11 @@ def test_training_logs_loss_by_position_and_baseline_distances(memorizing_run):
     m = store.open_metrics(memorizing_run)
     names = set(m.data_vars)
     for s in ("gauss", "pool"):
+        s = f"eval_{s}"
         assert {f"{s}_loss", f"{s}_delta_ridge", f"{s}_delta_dmmse", f"{s}_ridge_loss", f"{s}_dmmse_loss"} <= names
         assert {f"{s}_loss_pos{k:02d}" for k in range(8)} <= names
-    first, last = (m.gauss_delta_dmmse.dropna("step").values[i] for i in (0, -1))
-    ridge_last = float(m.gauss_delta_ridge.dropna("step").values[-1])
+    first, last = (m.eval_gauss_delta_dmmse.dropna("step").values[i] for i in (0, -1))
+    ridge_last = float(m.eval_gauss_delta_ridge.dropna("step").values[-1])
     assert last < 0.05 * first and last < 0.02 and ridge_last > 50 * last  # memorized: dMMSE, not ridge
     assert float(m.train_loss.dropna("step").values[0]) > 0.1  # the training loss column is not an eval's
 

@@ -111,5 +111,5 @@ class TrainingProgress:
 
     def evals(self, values: dict[str, float]) -> None:
         shown = [(k, v) for k, v in values.items() if k.endswith("accuracy") or k.endswith("repeat_loss")][:3]
-        self._evals = " ".join(f"{k} {v:.3f}" for k, v in shown)
+        self._evals = " ".join(f"{k.removeprefix('eval_')} {v:.3f}" for k, v in shown)
         self._show()

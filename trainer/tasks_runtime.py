@@ -100,19 +100,20 @@ class Task:
         if self.kind == "regression":
             return regression_metrics(name, logits, example)
         target = example["labels"][-1]
-        return {f"{name}_loss": query_loss(logits, target), f"{name}_accuracy": query_correct(logits, target)}
+        return {f"eval_{name}_loss": query_loss(logits, target), f"eval_{name}_accuracy": query_correct(logits, target)}
 
 
 def regression_metrics(name: str, logits, example: dict) -> dict[str, Any]:
-    """Eval set `name`: mean loss, loss at each context position k (`_loss_pos{k:02d}`), the mean
-    squared distance of the predictions to the ridge and dMMSE baselines, and the baselines' losses."""
+    """Eval set `name` (metrics `eval_{name}_*`): mean loss, loss at each context position k
+    (`_loss_pos{k:02d}`), the mean squared distance of the predictions to the ridge and dMMSE
+    baselines, and the baselines' losses."""
     pred, ys = regression_predictions(logits), example["ys"]
     sq = (pred - ys) ** 2
-    out = {f"{name}_loss": sq.mean()}
-    out.update({f"{name}_loss_pos{k:02d}": sq[k] for k in range(sq.shape[0])})
+    out = {f"eval_{name}_loss": sq.mean()}
+    out.update({f"eval_{name}_loss_pos{k:02d}": sq[k] for k in range(sq.shape[0])})
     for base in ("ridge", "dmmse"):
-        out[f"{name}_delta_{base}"] = ((pred - example[base]) ** 2).mean()
-        out[f"{name}_{base}_loss"] = ((example[base] - ys) ** 2).mean()
+        out[f"eval_{name}_delta_{base}"] = ((pred - example[base]) ** 2).mean()
+        out[f"eval_{name}_{base}_loss"] = ((example[base] - ys) ** 2).mean()
     return out
 
 

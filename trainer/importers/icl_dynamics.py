@@ -449,10 +449,10 @@ def read_log_h5(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """Training and evaluation metrics of `log.h5`.
 
     Returns `{"train": {"step": int64 (n,), "train_loss", "train_grad_norm", ...},
-    "eval": {"step": int64 (k,), "<evaluator>_<metric>": float64 (k,), ...}}`. Train steps are
+    "eval": {"step": int64 (k,), "eval_<evaluator>_<metric>": float64 (k,), ...}}`. Train steps are
     `train_iter` (sequences seen after that Adam step); eval steps are `eval_iter`. Each
     evaluator metric is the mean over its eval columns (bools as 0/1); `acc` is renamed
-    `accuracy` (`fsl_train_accuracy`, `fsl_train_in_context_accuracy`, ...) as in runs
+    `accuracy` (`eval_fsl_train_accuracy`, `eval_fsl_train_in_context_accuracy`, ...) as in runs
     trained by this project.
     """
     import h5py
@@ -489,7 +489,7 @@ def read_log_h5(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
                 if values.ndim != 2 or values.shape[0] != eval_steps.shape[0]:
                     raise ValueError(f"log file {path} dataset {group_name}/{metric} has shape {values.shape}, "
                                      f"expected ({eval_steps.shape[0]}, n_eval_sequences) to match eval_iter")
-                key = f"{group_name}_{_EVAL_RENAME.get(metric, metric)}"
+                key = f"eval_{group_name}_{_EVAL_RENAME.get(metric, metric)}"
                 evals[key] = values.astype(np.float64).mean(axis=1)
     return {"train": train, "eval": evals}
 
