@@ -465,3 +465,31 @@ def test_import_with_data_file(tmp_path):
                                          r"needs at least \(1623, 5, 512\)"):
         import_icl_dynamics([MLP], tmp_path / "out2", data=small)
     assert not (tmp_path / "out2").exists()
+
+
+def test_import_killed_while_writing_leaves_no_run_and_the_rerun_succeeds(tmp_path):
+    """SIGKILL once the archive is being written: the target never appears half-written (it is built
+    beside it and renamed), and the rerun removes the dead build and imports."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "imported"
+    cmd = [sys.executable, "-m", "cli.app", "import", "--from", "icl-dynamics", str(MAIN), "--out", str(out),
+           "--exemplars", str(EXEMPLAR0)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, partial = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None:
+        partial = [p for p in tmp_path.glob(".imported.*.partial") if (p / "checkpoints.zarr").exists()]
+        if partial:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and partial, "the kill did not land while the archive was written"
+    assert partial[0].exists() and not out.exists()  # the dead build is beside the target, not in it
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "run.json").exists() and not list(tmp_path.glob(".imported.*.partial"))

@@ -29,6 +29,18 @@ def available_bytes() -> int | None:
         return None
 
 
+def device_available_bytes() -> int | None:
+    """Free memory of the device JAX computes on: the host's on CPU, the accelerator's own
+    (limit minus in use, from its memory stats) elsewhere; None where it cannot be read."""
+    if jax.default_backend() == "cpu":
+        return available_bytes()
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    except (KeyError, TypeError, RuntimeError):
+        return None
+
+
 def _nbytes(tree) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree)))
 
@@ -40,9 +52,18 @@ def step_bytes(task, model, batch_size: int) -> int:
     return 2 * _nbytes(aux) + _nbytes(batch)
 
 
+def forward_bytes(model, inputs) -> int:
+    """Bytes of every activation one forward of `model` over the batch `inputs` keeps (the vmapped
+    `call_with_all_aux` PyTree, from shapes only); `model` may hold ShapeDtypeStructs."""
+    import equinox as eqx
+
+    aux = eqx.filter_eval_shape(lambda m, x: jax.vmap(m.call_with_all_aux)(x), model, inputs)
+    return _nbytes(aux) + _nbytes(inputs)
+
+
 def check_fits(task, model, batch_size: int, eval_size: int) -> None:
     """MemoryError (one sentence) if a training or evaluation step cannot fit in the available memory."""
-    free = available_bytes()
+    free = device_available_bytes()
     if free is None:
         return
     for what, n in (("train.batch_size", batch_size), ("train.eval_size", eval_size)):

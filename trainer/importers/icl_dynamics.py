@@ -19,7 +19,6 @@ import io
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..model import ModelConfig, build_model, load_named_leaves, named_leaves
+from .._hf_files import build_atomically
 from ..presets import PRESETS
 from ..tasks import ICL_DYNAMICS_TRAIN_PAIRS, ICL_DYNAMICS_VAL_PAIRS, ICLTaskConfig, icl_dynamics_probe_set
 from ..tasks import relabel_pair_split
@@ -766,12 +766,6 @@ def import_icl_dynamics(
         if t.exists() and (not t.is_dir() or any(t.iterdir())):
             raise ValueError(f"output directory {t} already exists and is not empty; choose a new --out")
     plans = [_plan(f, data, exemplars) for f in folders]
-    for plan, target in zip(plans, targets):
-        created = not target.exists()
-        try:
-            _write(plan, target)
-        except BaseException:
-            if created:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
+    for plan, target in zip(plans, targets):  # each built beside its target and renamed into place
+        build_atomically(target, lambda tmp, plan=plan: _write(plan, tmp))
     return targets
