@@ -20,6 +20,10 @@ from ._engine import compute_run as compute_run
 from ._engine import compute_runs as compute_runs
 from ._batch import compute_batch as compute_batch
 from ._batch import estimate_batch as estimate_batch
+from ._probe_registry import ProbeRun as ProbeRun
+from ._probe_registry import list_probes as list_probes
+from ._probe_registry import register_probe as register_probe
+from ._probe_registry import unregister_probe as unregister_probe
 from ._cost import CostEstimate as CostEstimate
 from ._engine import plan_compute as plan_compute
 from ._run_probes import build_run_probe as build_run_probe
@@ -69,7 +73,7 @@ __all__ = [
     "from_regression_arrays",
     "detect_repeat_length",
     "Context", "ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_probe", "stack_params",
-    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "estimate_batch", "CostEstimate", "plan_compute", "StallError",
+    "naive_compute", "ComputePlan", "ComputeReport", "compute_run", "compute_runs", "compute_batch", "estimate_batch", "CostEstimate", "register_probe", "unregister_probe", "list_probes", "ProbeRun", "plan_compute", "StallError",
     "build_run_probe", "select_steps",
     "PairProbe", "induction_pair", "classifier_label_swap_pair", "pair_from_arrays", "pair_from_npy", "naive_patching",
     "load_model", "CheckpointModel", "run_with_cache", "ActivationCache", "ablate_head", "patch_head", "ablate_neuron",

@@ -9,6 +9,8 @@ training-task sequences with the ridge and dMMSE predictions; options `batch=512
 `default` (repeated_tokens for token runs; icl_dynamics or icl for classifiers; regression for
 regression runs), `default_train` (regression_pool for regression runs, else `default`), or a path to a `.npy` token array / `.npz` classifier or regression arrays.
 `NAME:stride=K` keeps every K-th sequence of any of them (`icl_dynamics:stride=16`).
+Named builders (the built-ins above and any a plugin adds with `register_probe`) live in
+`_probe_registry`; files, stored probes, pairs and a classifier's evaluation sets come first.
 Paired probes for patching (`induction_pair`, `label_swap_pair`, `default_pair`, `CLEAN.npy,CORRUPT.npy`,
 a `.npz` with `corrupt_tokens`) come from `_run_pairs.build_run_pair`.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from trainer.model import ModelConfig
 
 from ._icl_probes import split_stride, stored_icl_dynamics_probe, take_every
+from ._probe_registry import ProbeRun, get_probe_builder, list_probes, register_probe
 from ._probes import (Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, read_npz,
                       repeated_tokens)
 from ._run_pairs import build_run_pair, default_pair_name
@@ -155,88 +158,94 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
     if stored is not None:
         stored.check(config)
         return stored
-    if base == "repeated_tokens":
-        if config.head != "lm":
-            raise ValueError(f"probe 'repeated_tokens' needs a token language model; this run's model head is "
-                             f"{config.head!r}")
-        task = info.get("config", {}).get("task", {})
-        limit = (config.n_ctx - 1) // 2 if config.positional == "learned" else 64
-        unknown = set(opts) - {"batch", "T", "seed"}
-        if unknown:
-            raise ValueError(f"unknown repeated_tokens option(s) {sorted(unknown)}; use batch, T, seed")
-        probe = repeated_tokens(seed=opts.get("seed", 0), batch=opts.get("batch", 16), T=opts.get("T", min(32, limit)),
-                                vocab_size=config.vocab_size, bos=int(task.get("bos_token", 0)))
-        probe.check(config)
-        return probe
-    if base in REGRESSION_PROBES or config.head == "regression":
-        return _regression_probe(base, opts, run_dir, info, config)
-    if config.head != "classifier":
-        what = "a directory, not a probe file" if Path(name).is_dir() else "not a probe name this run knows"
-        raise ValueError(f"probe '{base}' is {what}; for this token language model use repeated_tokens "
-                         "(repeated_tokens:batch=N,T=N,seed=N), induction_pair, or a .npy/.npz token file")
-    return _classifier_probe(base, opts, run_dir, info, config)
+    builder = get_probe_builder(base)
+    if builder is not None:
+        return builder.build(ProbeRun(run_dir, info, config), opts)
+    if config.head == "classifier":  # the run's own evaluation sets, by name
+        return _eval_set_probe(base, opts, ProbeRun(run_dir, info, config))
+    what = "a directory, not a probe file" if Path(name).is_dir() else "not a probe name this run knows"
+    known = ", ".join(b.name for b in list_probes(config.head))
+    pairs = "induction_pair" if config.head == "lm" else "label_swap_pair" if config.head == "classifier" else ""
+    raise ValueError(f"probe '{base}' is {what}; for this {_HEAD_WORDS[config.head]} use {known}"
+                     f"{', ' + pairs if pairs else ''}, or a .npy/.npz probe file (register more with "
+                     "scalars.register_probe in a --plugin)")
 
 
-def _classifier_probe(base: str, opts: dict, run_dir: Path, info: dict, config: ModelConfig) -> Probe:
-    from trainer.tasks_runtime import build_task
-    from trainer.tasks import icl_dynamics_probe_for, make_eval_sets
+_HEAD_WORDS = {"lm": "token language model", "classifier": "sequence classifier", "regression": "regression model"}
 
-    run_config = info.get("config", {})
-    stored = stored_icl_dynamics_probe(run_dir, info) if base == "icl_dynamics" else None
+
+@register_probe("repeated_tokens", options={"batch": 16, "T": None, "seed": 0}, requires="lm",
+                description="BOS + T random tokens, repeated once (T: up to 32, as the context allows)")
+def _repeated_tokens(run: ProbeRun, *, batch: int, seed: int, T: int | None = None) -> Probe:
+    config = run.config
+    limit = (config.n_ctx - 1) // 2 if config.positional == "learned" else 64
+    return repeated_tokens(seed=seed, batch=batch, T=min(32, limit) if T is None else T,
+                           vocab_size=config.vocab_size, bos=int(run.run_config.get("task", {}).get("bos_token", 0)))
+
+
+@register_probe("icl_dynamics", requires="classifier",
+                description="the icl-dynamics probe set: every ordered pair of training classes x training "
+                            "relabelings x query item (the run's stored exemplar vectors, or its task data)")
+def _icl_dynamics(run: ProbeRun) -> Probe:
+    from trainer.tasks import icl_dynamics_probe_for
+
+    stored = stored_icl_dynamics_probe(run.run_dir, run.info)
     if stored is not None:  # an imported run's own exemplar vectors: no data file needed
-        stored.check(config)
         return stored
-    if "task" not in run_config:
-        raise ValueError(f"run '{run_dir}' stores no task config to rebuild probe '{base}' from; "
-                         f"pass a probe file (.npz) or store it as {PROBE_DIR}/{base}.npz")
-    task = build_task(run_config)
-    if base == "icl_dynamics":
-        if not getattr(task.cfg, "icl_dynamics_mode", False):
-            raise ValueError("probe 'icl_dynamics' needs an icl-dynamics style task (task.icl_dynamics_mode=true)")
-        arrays = icl_dynamics_probe_for(task.cfg, np.asarray(task.data))
-        probe = from_classifier_arrays(name="icl_dynamics", metadata={"kind": "icl_dynamics"}, **arrays)
-    else:
-        seed = int(run_config.get("seeds", {}).get("eval_seed", 0))
-        sets = make_eval_sets(task.cfg, task.data, seed, opts.get("batch", EVAL_SET_SIZE))
-        if base not in sets:
-            raise ValueError(f"unknown probe '{base}' for this run; its evaluation sets are {', '.join(sorted(sets))}")
-        batch = {k: np.asarray(v) for k, v in sets[base].items()}
-        probe = from_classifier_arrays(batch["examples"], batch["labels"], name=base,
-                                       metadata={"kind": "eval_set", "eval_seed": seed})
-    probe.check(config)
+    task = _run_task(run, "icl_dynamics")
+    if not getattr(task.cfg, "icl_dynamics_mode", False):
+        raise ValueError("probe 'icl_dynamics' needs an icl-dynamics style task (task.icl_dynamics_mode=true)")
+    arrays = icl_dynamics_probe_for(task.cfg, np.asarray(task.data))
+    return from_classifier_arrays(name="icl_dynamics", metadata={"kind": "icl_dynamics"}, **arrays)
+
+
+def _run_task(run: ProbeRun, probe: str):
+    from trainer.tasks_runtime import build_task
+
+    if "task" not in run.run_config:
+        raise ValueError(f"run '{run.run_dir}' stores no task config to rebuild probe '{probe}' from; "
+                         f"pass a probe file (.npz) or store it as {PROBE_DIR}/{probe}.npz")
+    return build_task(run.run_config)
+
+
+def _eval_set_probe(base: str, opts: dict, run: ProbeRun) -> Probe:
+    """A classifier run's evaluation set `base`, regenerated from its task config and eval seed."""
+    from trainer.tasks import make_eval_sets
+
+    unknown = sorted(set(opts) - {"batch"})
+    if unknown:
+        raise ValueError(f"unknown evaluation-set probe option(s) {unknown}; use batch")
+    task = _run_task(run, base)
+    sets = make_eval_sets(task.cfg, task.data, run.eval_seed, opts.get("batch", EVAL_SET_SIZE))
+    if base not in sets:
+        raise ValueError(f"unknown probe '{base}' for this run; its evaluation sets are {', '.join(sorted(sets))}"
+                         f", its other probes {', '.join(b.name for b in list_probes('classifier'))}")
+    batch = {k: np.asarray(v) for k, v in sets[base].items()}
+    probe = from_classifier_arrays(batch["examples"], batch["labels"], name=base,
+                                   metadata={"kind": "eval_set", "eval_seed": run.eval_seed})
+    probe.check(run.config)
     return probe
 
 
-REGRESSION_PROBES = {"regression": "gauss", "regression_pool": "pool"}
-
-
-def _regression_probe(base: str, opts: dict, run_dir: Path, info: dict, config: ModelConfig) -> Probe:
+def _regression_builder(base: str, which: str, what: str) -> None:
     """`regression` (fresh Gaussian tasks) or `regression_pool` (the run's training tasks), with
     the ridge and dMMSE predictions, rebuilt from the run's task config and eval seed."""
-    from trainer.tasks import regression_eval_batch
-    from trainer.tasks_runtime import build_task
 
-    if base not in REGRESSION_PROBES:
-        raise ValueError(f"unknown probe '{base}' for a regression run; use {', '.join(REGRESSION_PROBES)} or a "
-                         ".npz file with xs and ys")
-    if config.head != "regression":
-        raise ValueError(f"probe '{base}' needs a regression run (task.kind = regression); this run's model head is "
-                         f"{config.head!r}")
-    unknown = set(opts) - {"batch", "seed"}
-    if unknown:
-        raise ValueError(f"unknown {base} probe option(s) {sorted(unknown)}; use batch, seed")
-    run_config = info.get("config", {})
-    if run_config.get("task", {}).get("kind") != "regression":
-        raise ValueError(f"run '{run_dir}' stores no regression task config to rebuild probe '{base}' from; pass a "
-                         f"probe file (.npz with xs, ys)")
-    task = build_task(run_config)
-    seed = opts.get("seed", int(run_config.get("seeds", {}).get("eval_seed", 0)))
-    batch = opts.get("batch", EVAL_SET_SIZE)
-    if batch < 1:
-        raise ValueError(f"probe option batch={batch} must be a positive number of sequences")
-    arrays = regression_eval_batch(task.cfg, seed, batch, REGRESSION_PROBES[base])
-    meta = {"kind": "regression", "set": REGRESSION_PROBES[base], "eval_seed": seed, "n_tasks": task.cfg.n_tasks,
-            "noise_var": task.cfg.noise_var}
-    probe = from_regression_arrays(name=base, metadata=meta, **arrays)
-    probe.check(config)
-    return probe
+    @register_probe(base, options={"batch": EVAL_SET_SIZE, "seed": None}, requires="regression",
+                    description=f"{what} with the ridge and dMMSE predictions (seed: the run's eval seed)")
+    def build(run: ProbeRun, *, batch: int, seed: int | None = None) -> Probe:
+        from trainer.tasks import regression_eval_batch
+
+        if run.run_config.get("task", {}).get("kind") != "regression":
+            raise ValueError(f"run '{run.run_dir}' stores no regression task config to rebuild probe '{base}' from; "
+                             "pass a probe file (.npz with xs, ys)")
+        task = _run_task(run, base)
+        seed = run.eval_seed if seed is None else seed
+        arrays = regression_eval_batch(task.cfg, seed, batch, which)
+        meta = {"kind": "regression", "set": which, "eval_seed": seed, "n_tasks": task.cfg.n_tasks,
+                "noise_var": task.cfg.noise_var}
+        return from_regression_arrays(name=base, metadata=meta, **arrays)
+
+
+_regression_builder("regression", "gauss", "regression sequences on fresh Gaussian tasks")
+_regression_builder("regression_pool", "pool", "regression sequences on the run's training tasks")

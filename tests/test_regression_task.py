@@ -201,7 +201,8 @@ def test_regression_probes_from_the_run(memorizing_run):
     assert (a.seq_len, a.n_pos, pool.batch_size) == (15, 8, 16)
     w = task_pool(build_task(info["config"]).cfg)[0]
     np.testing.assert_allclose(pool.arrays["dmmse"], pool.arrays["xs"] @ w, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="unknown probe 'regresion' for a regression run"):
+    with pytest.raises(ValueError, match="probe 'regresion' is not a probe name this run knows; for this regression model use regression, "
+                       "regression_pool"):
         scalars.build_run_probe("regresion", memorizing_run, info, config)
     with pytest.raises(ValueError, match="unknown regression_pool probe option"):
         scalars.build_run_probe("regression_pool:T=3", memorizing_run, info, config)
