@@ -33,8 +33,11 @@ SGLD_OPTIONS: dict[str, Any] = {
     "gamma": 100.0,  # localization strength
     "beta": None,  # inverse temperature; None: 1 / log n
     "chains": 4,
-    "draws": 80,  # recorded steps per chain
-    "burn_in": 20,  # steps per chain before the draws
+    # 400 + 400 steps settle (status 0: R-hat ~1.00, no common drift) at every checkpoint tested of
+    # the icl-regression preset, where 20 + 80 left late checkpoints at about half their settled
+    # value (benchmarks/bench_llc_settle.py, benchmarks/RESULTS.md)
+    "draws": 400,  # recorded steps per chain
+    "burn_in": 400,  # steps per chain before the draws
     "batch_size": 8,  # minibatch of probe sequences per step (None: all)
     "seed": 0,
     "chain_batching": "auto",  # vmap | map | auto
@@ -123,6 +126,11 @@ def _diagnostics_check(step: int, value, options) -> str | None:
         return None
     n_bad = int(value[STATS.index("diverged_chains")])
     detail = f" ({n_bad} of {options['chains']} chains)" if status == 1 else ""
+    if status == 4:
+        llc = value[STATS.index("nbeta")] * (value[STATS.index("mean_loss")] - value[STATS.index("init_loss")])
+        detail = (f" (llc {llc:.3g}, R-hat {value[STATS.index('rhat')]:.3f}, mean drift "
+                  f"{value[STATS.index('mean_drift')]:.3g}; now burn_in={options['burn_in']}, "
+                  f"draws={options['draws']}, step_size={options['step_size']:g})")
     return f"SGLD status {status}: {STATUS[status]}{detail}"
 
 
@@ -139,10 +147,10 @@ def llc(model, probe, clean, ctx):
 
 
 @register("sgld_diagnostics", dims=("stat",), probe="default_train", units="mixed (see stat)", options=SGLD_OPTIONS,
-          opt_in=True, sizes={"stat": STATS}, check=_diagnostics_check, validate=_validate,
+          opt_in=True, sizes={"stat": STATS}, check=_diagnostics_check, validate=_validate, version=2,
           description="summary of the llc chains: init_loss L(w*), mean sampled loss, min/max/std over chains of "
                       "each chain's llc, max drift (n beta |mean loss, 2nd half - 1st half of the draws|), diverged "
-                      "chains, n beta, status (" + "; ".join(f"{k} {v}" for k, v in STATUS.items()) + "); opt-in")
+                      "chains, n beta, split R-hat of the sampled losses, mean drift over chains, status (" + "; ".join(f"{k} {v}" for k, v in STATUS.items()) + "); opt-in")
 def sgld_diagnostics(model, probe, clean, ctx):
     settings, (init, losses, d) = _full_sgld(model, probe, ctx)
     return chain_diagnostics(init, losses, settings.nbeta(probe.batch_size), d, settings.diverge_factor)

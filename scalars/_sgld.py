@@ -29,18 +29,27 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-__all__ = ["SGLDSettings", "sgld_losses", "llc_from_losses", "chain_diagnostics", "STATS", "STATUS",
+__all__ = ["SGLDSettings", "sgld_losses", "llc_from_losses", "chain_diagnostics", "split_rhat", "STATS", "STATUS",
            "default_chain_batching", "n_params"]
 
 # the summary `sgld_diagnostics` stores, in this order (dim `stat`)
 STATS = ("init_loss", "mean_loss", "chain_llc_min", "chain_llc_max", "chain_llc_std", "max_drift",
-         "diverged_chains", "nbeta", "status")
+         "diverged_chains", "nbeta", "rhat", "mean_drift", "status")
+# a chain set has settled when split R-hat of the sampled losses is at most RHAT_MAX and the chains
+# do not drift together: their mean drift (n beta (mean loss of the 2nd half - of the 1st half of
+# the draws), averaged over chains) is within DRIFT_MAX x max(|llc|, 1), or within DRIFT_SE
+# standard errors of zero (the spread of the chains' drifts: minibatch noise is not a trend)
+RHAT_MAX = 1.1
+DRIFT_MAX = 0.1
+DRIFT_SE = 3.0
 # what the `status` stat means; llc is NaN for 1 and 2
 STATUS = {0: "ok", 1: "diverged chains (a loss became non-finite, or n beta (L - L(w*)) exceeded "
                       "diverge_factor x the number of sampled parameters): llc stored as NaN",
           2: "the loss at the checkpoint is not finite: llc stored as NaN",
           3: "negative estimate: the checkpoint is not a local minimum of the probe loss, or the chains "
-             "have not equilibrated"}
+             "have not equilibrated",
+          4: f"not settled: the chains disagree (split R-hat > {RHAT_MAX}) or still drift together (mean drift "
+             f"> {DRIFT_MAX:g} x max(|llc|, 1) and > {DRIFT_SE:g} standard errors); raise burn_in and draws"}
 
 
 def default_chain_batching() -> str:
@@ -178,23 +187,46 @@ def llc_from_losses(init_loss, losses, nbeta: float, d: int, factor: float) -> F
     return jnp.where(bad, jnp.nan, nbeta * (losses.mean() - init_loss))
 
 
+def split_rhat(losses: Float[Array, "chain draw"]) -> Float[Array, ""]:
+    """Split R-hat (Gelman et al., Bayesian Data Analysis 3rd ed., 11.4) of the sampled losses: each
+    chain cut in two halves, then sqrt(((h-1)/h W + B/h) / W) over the 2 x chains half-chains of
+    length h (W: mean within-half variance, B/h: variance of the half means). 1 for chains that
+    agree and have stopped moving; NaN with fewer than 4 draws."""
+    h = losses.shape[1] // 2
+    if h < 2:
+        return jnp.asarray(jnp.nan, jnp.float32)
+    halves = jnp.concatenate([losses[:, :h], losses[:, losses.shape[1] - h:]], axis=0)
+    within = halves.var(axis=1, ddof=1).mean()
+    between = halves.mean(axis=1).var(ddof=1)  # B / h
+    pooled = (h - 1) / h * within + between
+    return jnp.sqrt(pooled / jnp.maximum(within, jnp.finfo(losses.dtype).tiny))
+
+
 def chain_diagnostics(init_loss, losses, nbeta: float, d: int, factor: float) -> Float[Array, " stat"]:
     """The `STATS` summary of one estimate's chains (drift: n beta times the change of a chain's
-    mean loss from the first to the second half of its draws, largest over chains)."""
+    mean loss from the first to the second half of its draws; max_drift: the largest in size,
+    mean_drift: the mean over chains; R-hat: see `split_rhat`). Status, first that applies: 2, 1, 4 (not settled), 3 (negative), 0."""
     diverged = _diverged(init_loss, losses, nbeta, d, factor)
     per_chain = nbeta * (losses.mean(axis=1) - init_loss)
     draws = losses.shape[1]
     h = draws // 2
+    nan = jnp.asarray(jnp.nan, jnp.float32)
     if h:
-        drift = nbeta * jnp.abs(losses[:, draws - h:].mean(1) - losses[:, :h].mean(1))
-        max_drift = jnp.max(drift)
+        drift = nbeta * (losses[:, draws - h:].mean(1) - losses[:, :h].mean(1))
+        max_drift, mean_drift = jnp.max(jnp.abs(drift)), drift.mean()
+        se = drift.std(ddof=1) / math.sqrt(drift.shape[0]) if drift.shape[0] > 1 else jnp.asarray(0.0, drift.dtype)
     else:
-        max_drift = jnp.asarray(jnp.nan, jnp.float32)
+        max_drift = mean_drift = se = nan
     llc = nbeta * (losses.mean() - init_loss)
-    status = jnp.where(~jnp.isfinite(init_loss), 2, jnp.where(jnp.any(diverged), 1, jnp.where(llc < 0, 3, 0)))
+    rhat = split_rhat(losses)
+    trend = (jnp.abs(mean_drift) > DRIFT_MAX * jnp.maximum(jnp.abs(llc), 1.0)) & (jnp.abs(mean_drift) > DRIFT_SE * se)
+    unsettled = (rhat > RHAT_MAX) | trend
+    status = jnp.where(~jnp.isfinite(init_loss), 2, jnp.where(jnp.any(diverged), 1,
+                       jnp.where(unsettled, 4, jnp.where(llc < 0, 3, 0))))
     stats = {
         "init_loss": init_loss, "mean_loss": losses.mean(), "chain_llc_min": jnp.nanmin(per_chain),
         "chain_llc_max": jnp.nanmax(per_chain), "chain_llc_std": jnp.nanstd(per_chain), "max_drift": max_drift,
-        "diverged_chains": diverged.sum(), "nbeta": jnp.asarray(nbeta), "status": status,
+        "diverged_chains": diverged.sum(), "nbeta": jnp.asarray(nbeta), "rhat": rhat, "mean_drift": mean_drift,
+        "status": status,
     }
     return jnp.stack([jnp.asarray(stats[k], jnp.float32) for k in STATS])

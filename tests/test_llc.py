@@ -38,7 +38,7 @@ def ula_gaussian_llc(curvatures, nbeta, gamma, eps):
 # -- known answers ----------------------------------------------------------------------------------
 def test_nondegenerate_quadratic_gives_half_the_dimension_with_the_default_budget():
     """d = 100, curvatures n beta a_j in [1400, 2400]: with the defaults (eps 1e-4, gamma 100, 4
-    chains x 80 draws after 20 burn-in, minibatch 8 of n = 512) the localization bias (-gamma/p,
+    chains x 400 draws after 400 burn-in, minibatch 8 of n = 512) the localization bias (-gamma/p,
     about -5%) and the step-size bias (+eps p/4, about +5%) are computed exactly below."""
     n, d = 512, 100
     s = settings(n)
@@ -130,7 +130,10 @@ def test_llc_rllc_and_diagnostics_through_the_engine(computed):
         stored = json.loads(ds[name].attrs["options"])
         assert stored == {**SGLD_OPTIONS, **CHEAP} and ds[name].attrs["probe"] == "regression_pool"
     diag = ds.sgld_diagnostics.sel(step=90)
-    assert float(diag.sel(stat="diverged_chains")) == 0 and float(diag.sel(stat="status")) in (0, 3)
+    assert float(diag.sel(stat="diverged_chains")) == 0 and float(diag.sel(stat="status")) in (0, 3, 4)
+    unsettled = [int(s) for s in ds.step.values if float(ds.sgld_diagnostics.sel(step=s, stat="status")) == 4]
+    warned = [w for w in report.warnings if "SGLD status 4: not settled" in w and "R-hat" in w]
+    assert len(warned) == len(unsettled)  # each unsettled checkpoint is named in a warning (CHEAP: 2 x 20 draws)
     np.testing.assert_allclose(float(diag.sel(stat="nbeta")), 512 / math.log(512), rtol=1e-6)
     # llc and sgld_diagnostics share their chains: mean of the chain estimates = llc
     lo, hi = float(diag.sel(stat="chain_llc_min")), float(diag.sel(stat="chain_llc_max"))
@@ -289,7 +292,7 @@ def test_sgld_types_are_opt_in_and_validate_their_dims():
     stats = dict(zip(STATS, np.asarray(chain_diagnostics(jnp.asarray(1.0), losses, 10.0, 5, 10.0))))
     assert stats["max_drift"] == pytest.approx(10.0) and stats["mean_loss"] == pytest.approx(1.5)
     assert stats["chain_llc_min"] == pytest.approx(5.0) and stats["chain_llc_max"] == pytest.approx(5.0)
-    assert stats["status"] == 0 and stats["diverged_chains"] == 0
+    assert stats["status"] == 4 and stats["diverged_chains"] == 0  # a drift of 10 on an llc of 5: not settled
     blown = jnp.array([[1.0, 2.0, jnp.inf, jnp.nan], [1.5, 1.5, 1.5, 1.5]])
     stats = dict(zip(STATS, np.asarray(chain_diagnostics(jnp.asarray(1.0), blown, 10.0, 5, 10.0))))
     assert stats["status"] == 1 and stats["diverged_chains"] == 1
@@ -338,3 +341,34 @@ def test_llc_of_induction_tiny_rises_across_its_phase_change(trained_induction_t
     llc, loss = (ds[name].sel(step=[0, 1000, 2000]).values for name in ("llc", "loss"))
     assert np.isfinite(llc).all() and loss[-1] < loss[1] - 0.5  # the phase change happened in between
     assert llc[2] > 3 * llc[1] > 0
+
+
+def _naive_split_rhat(x: np.ndarray) -> float:
+    """Split R-hat written out from its textbook definition (BDA3 11.4), in float64."""
+    n = x.shape[1] // 2
+    parts = [c[:n] for c in x] + [c[x.shape[1] - n:] for c in x]
+    means = np.array([p.mean() for p in parts])
+    b = n * np.sum((means - means.mean()) ** 2) / (len(parts) - 1)
+    w = np.mean([np.sum((p - p.mean()) ** 2) / (n - 1) for p in parts])
+    return float(np.sqrt(((n - 1) / n * w + b / n) / w))
+
+
+@pytest.mark.parametrize("case,status", [("settled", 0), ("disagree", 4), ("drift", 4), ("negative", 3)])
+def test_status_names_unsettled_chains_by_rhat_and_drift(case, status):
+    """Planted traces: 4 chains x 200 draws of noise (sd 0.05) around a level; nbeta 10, L(w*) = 1."""
+    from scalars._sgld import split_rhat
+
+    rng = np.random.default_rng(0)
+    noise = 0.05 * rng.standard_normal((4, 200))
+    level = {"settled": np.full((4, 1), 1.5), "disagree": np.array([[1.3], [1.4], [1.6], [1.7]]),
+             "drift": 1.2 + np.linspace(0, 0.6, 200)[None, :], "negative": np.full((4, 1), 0.9)}[case]
+    losses = level + noise
+    stats = dict(zip(STATS, np.asarray(chain_diagnostics(jnp.asarray(1.0), jnp.asarray(losses, jnp.float32),
+                                                         10.0, 5, 1e6))))
+    assert stats["status"] == status, stats
+    assert stats["rhat"] == pytest.approx(_naive_split_rhat(losses), rel=1e-4)
+    assert float(split_rhat(jnp.asarray(losses, jnp.float32))) == pytest.approx(_naive_split_rhat(losses), rel=1e-4)
+    if case == "settled":
+        assert stats["rhat"] < 1.01
+    if case == "disagree":
+        assert stats["rhat"] > 2
