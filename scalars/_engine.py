@@ -518,7 +518,20 @@ def applicable_types(config: ModelConfig) -> list[str]:
     (costly estimators) are left out."""
     from ._registry import list_types
 
-    return [t.name for t in list_types() if t.requires in (None, config.head) and not t.opt_in]
+    return [t.name for t in list_types() if t.requires in (None, config.head) and not t.opt_in and _sized(t, config)]
+
+
+def _sized(dst: DerivedScalarType, config: ModelConfig) -> bool:
+    """False when one of the type's model dims has no size for `config` (neurons of an attention-only model)."""
+    from .dims import KEY_POS, POS, QUERY_POS, dim_size
+
+    try:
+        for d in dst.dims:
+            if d not in (POS, QUERY_POS, KEY_POS):
+                dim_size(d, config, None, dst.sizes)
+    except ValueError:
+        return False
+    return True
 
 
 def plan_runs(run_dirs: Sequence[str], types: Sequence[str], *, all_types: bool = False, steps: str | None = None,

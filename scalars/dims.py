@@ -1,7 +1,8 @@
 """Dim names of derived-scalar types (the project vocabulary of `store.dims`) and their sizes.
 
 A type's dims come after `step` (added by the store). Sizes follow from the model config
-(`layer`, `src_layer`, `dst_layer`: n_layers; `head`, `src_head`, `dst_head`: n_heads) or from
+(`layer`, `src_layer`, `dst_layer`: n_layers; `head`, `src_head`, `dst_head`: n_heads; `neuron`: the
+MLP width, and no size for an attention-only model) or from
 the probe (`pos`: its sequence length; for a regression probe its K prediction positions;
 `query_pos`, `key_pos`: every position the model sees, the sides of an attention pattern); any
 other dim (`side`, `chain`) needs an explicit size from the type (`register(..., sizes={"side": 2})`).
@@ -23,6 +24,7 @@ from store.dims import (
     KNOWN_DIMS,
     LAYER,
     KEY_POS,
+    NEURON,
     POS,
     QUERY_POS,
     RUN,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from ._probes import Probe
 
 __all__ = [
-    "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "QUERY_POS", "KEY_POS", "SIDE", "CHAIN",
+    "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "QUERY_POS", "KEY_POS", "NEURON", "SIDE", "CHAIN",
     "STAT", "RUN", "KNOWN_DIMS", "TYPE_DIMS", "dim_size",
 ]
 
@@ -70,6 +72,11 @@ def dim_size(
         return int(size(config) if callable(size) else size)
     if dim in _FROM_CONFIG:
         return _FROM_CONFIG[dim](config)
+    if dim == NEURON:
+        if config.attn_only:
+            raise ValueError("dim 'neuron' counts MLP neurons, and this model is attention-only (no MLP); "
+                             "drop the neuron types from the request")
+        return config.mlp_width
     if dim == POS:
         if probe is None:
             raise ValueError("the size of dim 'pos' is the probe's sequence length; pass the probe")

@@ -11,6 +11,7 @@
   attention pattern, 0-based over every position the model sees (BOS at 0).
 - ``side``: which input of an attention head a quantity is about (e.g. query or key side).
 - ``chain``: index of an independent sampling chain (e.g. repeated estimates of one scalar).
+- ``neuron``: MLP neuron index within a layer (its hidden unit), 0-based.
 - ``stat``: which summary statistic of a computation (string coords, e.g. SGLD diagnostics).
 - ``run``: one run directory when several runs are opened together.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD",
-    "POS", "QUERY_POS", "KEY_POS", "SIDE", "CHAIN", "STAT", "RUN", "KNOWN_DIMS",
+    "POS", "QUERY_POS", "KEY_POS", "NEURON", "SIDE", "CHAIN", "STAT", "RUN", "KNOWN_DIMS",
 ]
 
 STEP = "step"
@@ -32,11 +33,13 @@ DST_HEAD = "dst_head"
 POS = "pos"
 QUERY_POS = "query_pos"
 KEY_POS = "key_pos"
+NEURON = "neuron"
 SIDE = "side"
 CHAIN = "chain"
 STAT = "stat"
 RUN = "run"
 
 KNOWN_DIMS: tuple[str, ...] = (
-    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, QUERY_POS, KEY_POS, SIDE, CHAIN, STAT, RUN,
+    STEP, LAYER, HEAD, SRC_LAYER, SRC_HEAD, DST_LAYER, DST_HEAD, POS, QUERY_POS, KEY_POS, NEURON, SIDE, CHAIN, STAT,
+    RUN,
 )

@@ -33,10 +33,12 @@ def classifier_probe(name, seed, batch=6):
     )
 
 
-def types_for(head):  # paired-probe (patching) types have their own fast == naive tests in test_patching.py;
-    # opt-in SGLD estimators (llc, rllc) have theirs in test_llc.py
-    return [t.name for t in scalars.list_types()
-            if t.requires in (None, head) and t.probe != "default_pair" and not t.opt_in]
+def types_for(config):  # paired-probe (patching) types have their own fast == naive tests in test_patching.py;
+    # opt-in SGLD estimators (llc, rllc) have theirs in test_llc.py; neuron types need an MLP
+    from scalars._engine import applicable_types
+
+    applies = set(applicable_types(config))
+    return [t.name for t in scalars.list_types() if t.name in applies and t.probe != "default_pair"]
 
 
 def assert_close(fast, ref, what):
@@ -48,7 +50,7 @@ def assert_close(fast, ref, what):
 def lm_setup():
     models = [random_model(LM_CFG, seed) for seed in (1, 2, 3)]
     probe = scalars.repeated_tokens(seed=0, batch=4, T=5, vocab_size=LM_CFG.vocab_size)
-    types = types_for("lm")
+    types = types_for(LM_CFG)
     naive = [scalars.naive_compute(types, m, probe) for m in models]
     return models, probe, types, naive
 
@@ -57,7 +59,7 @@ def lm_setup():
 def cls_setup():
     models = [random_model(CLS_CFG, seed) for seed in (4, 5, 6)]
     probes = {name: classifier_probe(name, seed) for seed, name in enumerate(("icl", "iwl", "icl_dynamics"))}
-    types = types_for("classifier")
+    types = types_for(CLS_CFG)
     naive = [scalars.naive_compute(types, m, probes) for m in models]
     return models, probes, types, naive
 
@@ -100,7 +102,7 @@ def test_every_type_has_known_dims_snake_name_and_declared_shape(lm_setup, cls_s
         assert set(dst.dims) <= set(dims.KNOWN_DIMS) - {dims.STEP, dims.RUN}, dst.name
         assert dst.description and isinstance(dst.version, int)
         heads = [dst.requires] if dst.requires else ["lm", "classifier"]
-        for head in heads:
+        for head in [h for h in heads if dst.name in outputs[h] or "neuron" not in dst.dims]:  # CLS_CFG: no MLP
             value = outputs[head][dst.name]
             probe = scalars.select_probe(dst, configs[head], probes[head])
             assert value.shape == scalars.type_shape(dst, configs[head], probe), (dst.name, head)
@@ -157,8 +159,8 @@ def test_registry_refuses_duplicates_and_bad_names():
         scalars.register("induction_score", dims=("layer", "head"), description="x")(lambda *a: None)
     with pytest.raises(ValueError, match="must be snake_case"):
         scalars.register("InductionScore", dims=(), description="x")(lambda *a: None)
-    with pytest.raises(ValueError, match="unknown dim 'neuron'"):
-        scalars.register("neuron_score", dims=("layer", "neuron"), description="x")(lambda *a: None)
+    with pytest.raises(ValueError, match="unknown dim 'feature'"):
+        scalars.register("feature_score", dims=("layer", "feature"), description="x")(lambda *a: None)
 
 
 def test_unknown_type_suggests_nearest_names():
