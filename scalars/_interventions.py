@@ -142,13 +142,14 @@ def reconstituted_scores(
     model, clean: dict, side: str, score_fn: Callable[[Array], Array], *, head_batching: str = "map"
 ) -> Float[Array, "layer head src_layer src_head"]:
     """`score_fn` of each layer's attention recomputed from cached residuals with one earlier
-    head's output removed from only the query (`side="q"`) or key (`side="k"`) input.
+    head's output removed from the query (`side="q"`), the key (`side="k"`) or both (`"qk"`)
+    inputs (each side's LayerNorm recomputed).
 
     `score_fn` maps the batch-mean pattern (H, T, T) of a layer to per-head scores (H,).
     Entry [l, h, s, g] is dst head (l, h) with src head (s, g) removed; NaN where s >= l.
     """
-    if side not in ("q", "k"):
-        raise ValueError(f"side must be 'q' or 'k', got {side!r}")
+    if side not in ("q", "k", "qk"):
+        raise ValueError(f"side must be 'q', 'k' or 'qk', got {side!r}")
     outs = clean["layer_outputs"]
     n_layers = len(outs)
     n_heads = outs[0]["attn_output"]["z"].shape[1]
@@ -162,13 +163,26 @@ def reconstituted_scores(
 
             def one(g, block=block, resid=resid, x_clean=x_clean, result=result):
                 x_mod = jax.vmap(block.ln1)(resid - result[:, g])
-                xq, xk = (x_mod, x_clean) if side == "q" else (x_clean, x_mod)
+                xq, xk = (x_mod if "q" in side else x_clean), (x_mod if "k" in side else x_clean)
                 pattern = jax.vmap(block.attn.pattern_from)(xq, xk)  # (B, H, T, T)
                 return score_fn(pattern.mean(0))  # (H,)
 
             scores = map_heads(one, n_heads, head_batching)  # (src_head, head)
             full = full.at[layer, :, src, :].set(scores.T)
     return full
+
+
+def mixed_stream_scores(model, streams: dict[str, dict], query: str, key: str,
+                        score_fn: Callable[[Array], Array]) -> Float[Array, "layer head"]:
+    """`score_fn` of every layer's attention with its query side read from run `query`'s residual
+    stream and its key side from run `key`'s (`streams`: run name -> batched activations, e.g.
+    clean and corrupt), each side's LayerNorm and projection recomputed."""
+    rows = []
+    for layer, block in enumerate(model.blocks):
+        xq = streams[query]["layer_outputs"][layer]["ln1_output"]["out"]
+        xk = streams[key]["layer_outputs"][layer]["ln1_output"]["out"]
+        rows.append(score_fn(jax.vmap(block.attn.pattern_from)(xq, xk).mean(0)))
+    return jnp.stack(rows)
 
 
 def logit_lens_metrics(model, probe, clean: dict) -> tuple[Float[Array, " layer"], Float[Array, " layer"]]:
