@@ -38,6 +38,7 @@ SUPPORTED = {
     "activation": {"gelu_new", "gelu", "relu", "swiglu"},
     "positional": {"learned", "rope", "none"},
     "parallel_residual": {False, True},
+    "scale_attn_by_inverse_layer_idx": {False, True},
 }
 ANY_VALUE = {"n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "head", "vocab_size", "d_in", "n_labels",
              "attn_only", "layernorm", "ln_eps", "rope_base", "rotary_pct", "n_kv_heads", "qkv_bias", "out_bias",
@@ -81,6 +82,8 @@ def _attention(attn, x: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
     H, d, e = attn.W_Q.shape
     B, T, _ = x.shape
     scale = 1.0 / math.sqrt(e)
+    if attn.score_divisor != 1.0:
+        scale = scale / attn.score_divisor
     W = jnp.concatenate([attn.W_Q * scale, attn.head_weight("k"), attn.head_weight("v")], axis=0)  # (3H, d, e)
     qkv = x.reshape(B * T, d) @ W.transpose(1, 0, 2).reshape(d, 3 * H * e)
     if attn.b_Q is not None:

@@ -27,11 +27,11 @@ from scalars import _fast_ablation as fa
 from scalars import _interventions as iv
 from trainer._hf_files import read_checkpoint_dir
 from trainer.hf_families import FAMILIES, family_for_hf, import_hf, model_config_from_hf
-from trainer.model import ModelConfig, build_model, load_named_leaves, next_token_losses
+from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves, next_token_losses
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
-NAMES = ["gpt2", "gpt_neox_parallel_rot025", "gpt_neox_sequential_rot100", "llama_gqa_tied", "llama_gqa_untied",
-         "llama_gqa_bf16"]
+NAMES = ["gpt2", "gpt2_crfm", "gpt_neox_parallel_rot025", "gpt_neox_sequential_rot100", "llama_gqa_tied",
+         "llama_gqa_untied", "llama_gqa_bf16"]
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 runner = CliRunner()
 
@@ -71,6 +71,25 @@ def test_fixture_configs_map_to_the_intended_options():
     assert tied.tied_unembed and not untied.tied_unembed and not (tied.qkv_bias or tied.out_bias or tied.mlp_bias)
     _, _, model = _load(FIXTURES / "llama_gqa_tied")
     assert model.blocks[0].attn.W_K.shape == (2, 32, 8) and model.W_U is None
+    crfm = cfgs["gpt2_crfm"]
+    assert crfm.scale_attn_by_inverse_layer_idx and not cfgs["gpt2"].scale_attn_by_inverse_layer_idx
+    _, _, model = _load(FIXTURES / "gpt2_crfm")
+    assert [b.attn.score_divisor for b in model.blocks] == [1.0, 2.0, 3.0]
+
+
+def test_the_crfm_scaling_is_what_matches_transformers():
+    """Without the inverse-layer scaling the same weights miss the reference (layers 1 and 2 differ)."""
+    import dataclasses
+
+    family, config, model = _load(FIXTURES / "gpt2_crfm")
+    plain = load_named_leaves(build_model(dataclasses.replace(config, scale_attn_by_inverse_layer_idx=False)),
+                              named_leaves(model))
+    ref = np.load(FIXTURES / "gpt2_crfm" / "reference.npz")
+    out = jax.vmap(plain.call_with_all_aux)(jnp.asarray(ref["tokens"]))
+    np.testing.assert_allclose(np.asarray(out["layer_outputs"][0]["attn_output"]["pattern"]), ref["attentions"][0],
+                               **TOL)  # block 0 divides by 1
+    assert np.abs(np.asarray(out["layer_outputs"][1]["attn_output"]["pattern"]) - ref["attentions"][1]).max() > 1e-2
+    assert np.abs(np.asarray(out["logits"]) - ref["logits"]).max() > 1e-2
 
 
 def test_pythia_style_config_keys_give_the_same_model(tmp_path):
@@ -82,7 +101,7 @@ def test_pythia_style_config_keys_give_the_same_model(tmp_path):
     assert model_config_from_hf(old) == model_config_from_hf({**cfg, "rope_parameters": rope})
 
 
-@pytest.mark.parametrize("name", ["gpt_neox_parallel_rot025", "llama_gqa_tied", "llama_gqa_untied", "gpt2"])
+@pytest.mark.parametrize("name", ["gpt_neox_parallel_rot025", "llama_gqa_tied", "llama_gqa_untied", "gpt2", "gpt2_crfm"])
 def test_hf_to_ours_to_hf_is_bit_identical(name):
     family, config, _ = _load(FIXTURES / name)
     tensors = {family.strip(k): v for k, v in load_file(FIXTURES / name / "model.safetensors").items()}
@@ -213,6 +232,8 @@ FAMILY_CONFIGS = {
     "llama_gqa": ModelConfig(n_layers=2, d_model=16, n_heads=4, n_kv_heads=2, vocab_size=20, n_ctx=16, positional="rope",
                              rope_layout="half", norm="rmsnorm", activation="swiglu", d_mlp=24, qkv_bias=False,
                              out_bias=False, mlp_bias=False, tied_unembed=True),
+    "gpt2_crfm": ModelConfig(n_layers=3, d_model=16, n_heads=2, vocab_size=20, n_ctx=16,
+                             scale_attn_by_inverse_layer_idx=True),
 }
 
 

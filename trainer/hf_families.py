@@ -329,6 +329,8 @@ def _lm_problems(config: ModelConfig) -> list[str]:
         problems.append("it has no norms")
     if config.unembed_bias:
         problems.append("it has an unembedding bias")
+    if config.scale_attn_by_inverse_layer_idx:
+        problems.append("it divides block l's attention scores by l + 1 (a GPT-2 option)")
     return problems
 
 

@@ -144,7 +144,7 @@ def hf_config(config: ModelConfig, *, bos_token_id: int = 0, provenance: Mapping
         "vocab_size": config.vocab_size, "activation_function": HF_ACTIVATIONS[config.activation],
         "layer_norm_epsilon": config.ln_eps, "tie_word_embeddings": config.tied_unembed,
         "initializer_range": config.init_std, "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx, "reorder_and_upcast_attn": False,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         "bos_token_id": bos_token_id, "eos_token_id": bos_token_id, "torch_dtype": "float32",
     }
@@ -172,8 +172,9 @@ def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json") -> 
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"{where} has activation_function '{act}'; importable ones are "
                          f"{', '.join(HF_ACTIVATIONS)}")
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                    ("add_cross_attention", False)):
+    # scale_attn_by_inverse_layer_idx (the Stanford CRFM runs) maps to the option of that name;
+    # reorder_and_upcast_attn only computes the scores in float32, which this package always does
+    for key, ok in (("scale_attn_weights", True), ("add_cross_attention", False)):
         if bool(cfg.get(key, ok)) != ok:
             raise ValueError(f"{where} sets {key}={cfg[key]}; only the standard GPT-2 attention ({key}={ok}) "
                              "can be imported")
@@ -191,6 +192,7 @@ def model_config_from_hf(cfg: Mapping[str, Any], where: str = "config.json") -> 
             positional="learned", tied_unembed=bool(cfg.get("tie_word_embeddings", True)),
             init_std=float(cfg.get("initializer_range", ours.get("init_std", 0.02))),
             rope_base=float(ours.get("rope_base", 10000.0)),
+            scale_attn_by_inverse_layer_idx=bool(cfg.get("scale_attn_by_inverse_layer_idx", False)),
         )
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None

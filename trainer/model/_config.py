@@ -57,6 +57,7 @@ class ModelConfig:
     norm: Norm = "layernorm"  # kind of every norm when `layernorm` is on (rmsnorm: no centring, no bias)
     parallel_residual: bool = False  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
     n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: one per query head
+    scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 (Stanford CRFM runs): block l's scores / (l + 1)
     qkv_bias: bool = True
     out_bias: bool = True
     mlp_bias: bool = True

@@ -119,8 +119,9 @@ class Attention(ModuleWithAux):
     rope_base: float | None = eqx.field(static=True)
     rope_layout: str = eqx.field(static=True)
     rotary_dim: int = eqx.field(static=True)
+    score_divisor: float = eqx.field(static=True)  # scores / sqrt(e) / this: layer + 1 (CRFM GPT-2), else 1
 
-    def __init__(self, cfg: ModelConfig, *, key):
+    def __init__(self, cfg: ModelConfig, *, key, layer: int = 0):
         kq, kk, kv, ko = jax.random.split(key, 4)
         H, G, d, e = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.W_Q = _normal(kq, (H, d, e), cfg.init_std)
@@ -134,6 +135,7 @@ class Attention(ModuleWithAux):
         self.rope_base = cfg.rope_base if cfg.positional == "rope" else None
         self.rope_layout = cfg.rope_layout
         self.rotary_dim = cfg.rotary_dim
+        self.score_divisor = float(layer + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0
 
     @property
     def n_heads(self) -> int:
@@ -175,6 +177,8 @@ class Attention(ModuleWithAux):
         q, k = self.rotate(q), self.rotate(k)
         n_pos = q.shape[1]
         scores = jnp.einsum("hqe,hke->hqk", q, k) / math.sqrt(q.shape[-1])
+        if self.score_divisor != 1.0:
+            scores = scores / self.score_divisor
         causal = jnp.tril(jnp.ones((n_pos, n_pos), bool))
         return jnp.where(causal, scores, MASKED_SCORE)
 
@@ -265,10 +269,10 @@ class Block(ModuleWithAux):
     mlp: MLP | None
     parallel: bool = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, *, key):
+    def __init__(self, cfg: ModelConfig, *, key, layer: int = 0):
         k_attn, k_mlp = jax.random.split(key)
         self.ln1 = norm_for(cfg)
-        self.attn = Attention(cfg, key=k_attn)
+        self.attn = Attention(cfg, key=k_attn, layer=layer)
         self.ln2 = None if cfg.attn_only else norm_for(cfg)
         self.mlp = None if cfg.attn_only else MLP(cfg, key=k_mlp)
         self.parallel = cfg.parallel_residual

@@ -90,7 +90,7 @@ class Transformer(ModuleWithAux):
         self.config = config
         embed_cls = {"lm": TokenEmbed, "classifier": ClassifierEmbed, "regression": RegressionEmbed}[config.head]
         self.embed = embed_cls(config, key=k_embed)
-        self.blocks = [Block(config, key=k) for k in jax.random.split(k_blocks, config.n_layers)]
+        self.blocks = [Block(config, key=k, layer=i) for i, k in enumerate(jax.random.split(k_blocks, config.n_layers))]
         self.ln_final = norm_for(config)
         tied = config.head == "lm" and config.tied_unembed
         self.W_U = None if tied else _normal(k_unembed, (config.d_model, config.n_outputs), config.init_std)
