@@ -1,7 +1,8 @@
 """`scalars import`: bring checkpoints written by other code in as ordinary run directories.
 
 `--from` picks the format: `hf` (a series of Hugging Face checkpoint directories of one family,
-gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_families.import_hf`) or `icl-dynamics` (run folders of the icl-dynamics code,
+gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_families.import_hf`; or a repo id with
+`--revisions` from the local Hugging Face cache: `trainer.hf_cache`) or `icl-dynamics` (run folders of the icl-dynamics code,
 `trainer.importers.import_icl_dynamics`).
 """
 
@@ -36,6 +37,11 @@ def import_command(
                                                            "for the fixture README's synthetic stand-in"),
     exemplars: Optional[str] = typer.Option(None, "--exemplars", help="icl-dynamics: .npy of exemplar 0 of each "
                                                                      "training class (n_train, d_in)"),
+    revisions: Optional[str] = typer.Option(None, "--revisions", help="hf: with a repo id ORG/NAME, the revisions "
+                                            "to import from the local Hugging Face cache, comma-separated globs "
+                                            "(e.g. 'step*')"),
+    download: bool = typer.Option(False, "--download", help="hf: fetch the matching revisions from the hub first "
+                                  "(default: the local cache only, offline)"),
 ) -> None:
     """Import checkpoints from another codebase as a run directory (`--from hf` or `--from icl-dynamics`)."""
     if from_ not in FORMATS:
@@ -43,9 +49,24 @@ def import_command(
     if from_ == "hf":
         if data is not None or exemplars is not None:
             raise ValueError("--data and --exemplars apply to --from icl-dynamics only")
+        from trainer.hf_cache import is_repo_id, resolve_revisions
         from trainer.hf_families import import_hf
 
-        written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps))
+        if len(dirs) == 1 and is_repo_id(dirs[0]) and (revisions or download):
+            if steps is not None:
+                raise ValueError("--steps does not apply to a repo id: each revision's step is in its name")
+            patterns = [p.strip() for p in (revisions or "*").split(",") if p.strip()]
+            found = resolve_revisions(dirs[0], patterns, download=download)
+            written = import_hf([str(p) for _, _, p in found], out, steps=[s for s, _, _ in found],
+                                source={"repo_id": dirs[0], "revisions": [r for _, r, _ in found]})
+        elif len(dirs) == 1 and is_repo_id(dirs[0]) and steps is None:
+            raise ValueError(f"'{dirs[0]}' is not a folder here; to import that repo from the Hugging Face cache pass "
+                             "--revisions (e.g. --revisions 'step*'), and --download to fetch what is not cached")
+        elif revisions is not None or download:
+            raise ValueError("--revisions and --download take one repo id ORG/NAME (resolved through the Hugging "
+                             f"Face cache), got {', '.join(dirs)}")
+        else:
+            written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps))
         import store
 
         n = len(store.read_run_json(written)["steps"])

@@ -509,14 +509,15 @@ def _plan_import(dirs: list[str], steps: list[int] | None) -> tuple[HFFamily, Mo
 
 
 def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike[str],
-              steps: list[int] | None = None) -> Path:
+              steps: list[int] | None = None, source: Mapping[str, Any] | None = None) -> Path:
     """Import HF checkpoint directories of one family (gpt2, gpt_neox, llama) as one run directory.
 
     A folder holding checkpoint folders stands for all of them (`expand_series`). Steps come from
     ``steps``, else from the folder names (one integer: ``step1000``, ``checkpoint-2000``), else from
     our own provenance in config.json. Every directory and tensor is validated before anything is
     written; float16/bfloat16 weights are widened to float32 (exactly) as stored; the run appears
-    only once complete (built beside ``out_run_dir``, then renamed).
+    only once complete (built beside ``out_run_dir``, then renamed). ``source`` is recorded in
+    run.json as ``hf_source`` (e.g. the repo id and revisions of a series from the HF cache).
     """
     import store
     from .run_info import package_versions
@@ -537,6 +538,8 @@ def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike
             "imported_from": [os.path.abspath(d) for d in names], "steps": [s for s, _ in plan],
             "config": run_config, "seeds": block.get("seeds", {}), "model": config.to_dict(),
             "versions": package_versions(), "step_unit": "as named by the checkpoints"}
+    if source:
+        info["hf_source"] = dict(source)
 
     def fill(tmp: Path) -> None:
         store.write_run_json(tmp, info)
