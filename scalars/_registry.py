@@ -246,15 +246,27 @@ def code_fingerprint(fn: Callable) -> str:
     return hashlib.sha256(text).hexdigest()[:16]
 
 
+def resolve_default_probe(name: str, head: str) -> str | None:
+    """`name` with `default`, `default_pair` and `default_train` replaced by the probe of that role
+    for a model `head` (the tables above: the one place the defaults live); None where a head has
+    no probe of the role (no paired probe for regression); other names unchanged."""
+    if name == "default":
+        return DEFAULT_PROBES[head]
+    if name == "default_pair":
+        return DEFAULT_PAIR_PROBES.get(head)
+    if name == "default_train":
+        return DEFAULT_TRAIN_PROBES.get(head, DEFAULT_PROBES[head])
+    return name
+
+
 def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:
     """The probe `dst` reads for a model with this config (None for weight-only types)."""
-    if dst.probe == "default":
-        return DEFAULT_PROBES[config.head]
-    if dst.probe == "default_pair":
-        return DEFAULT_PAIR_PROBES[config.head]
-    if dst.probe == "default_train":
-        return DEFAULT_TRAIN_PROBES.get(config.head, DEFAULT_PROBES[config.head])
-    return dst.probe
+    if dst.probe is None:
+        return None
+    name = resolve_default_probe(dst.probe, config.head)
+    if name is None:
+        raise ValueError(f"type '{dst.name}' reads a paired probe, and a {config.head} model has none")
+    return name
 
 
 def resolve_options(dst: DerivedScalarType, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from trainer.model import ModelConfig
 
 from ._probes import read_npz
 from ._pairs import PairProbe, classifier_label_swap_pair, pair_from_arrays, pair_from_npy, pair_from_repeated
 
-__all__ = ["PAIR_NAMES", "build_run_pair", "default_pair_name"]
+__all__ = ["PAIR_NAMES", "build_run_pair"]
 
 PAIR_NAMES = ("induction_pair", "label_swap_pair")
-
-
-def default_pair_name(config: ModelConfig) -> str:
-    """The pair a `default_pair` type reads: `induction_pair` for token models, `label_swap_pair` for classifiers."""
-    return "induction_pair" if config.head == "lm" else "label_swap_pair"
 
 
 def _vocab(config: ModelConfig) -> int | None:

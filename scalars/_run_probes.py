@@ -27,7 +27,8 @@ from ._icl_probes import split_stride, stored_icl_dynamics_probe, take_every
 from ._probe_registry import ProbeRun, get_probe_builder, list_probes, register_probe
 from ._probes import (Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, read_npz,
                       repeated_tokens)
-from ._run_pairs import build_run_pair, default_pair_name
+from ._registry import resolve_default_probe
+from ._run_pairs import build_run_pair
 
 EVAL_SET_SIZE = 512
 PROBE_DIR = "probes"  # RUN_DIR/probes/<name>.npz: probe arrays stored with the run (e.g. at import)
@@ -53,20 +54,13 @@ def _is_classifier_icl_dynamics(info: dict) -> bool:
 
 
 def resolve_probe_name(name: str, info: dict, config: ModelConfig) -> str:
-    """The concrete probe name for `default` (and `default_pair`); other names unchanged."""
-    if name == "default_pair":
-        return default_pair_name(config)
-    if name == "default_train":  # the training distribution where a probe has it (SGLD estimators)
-        if config.head == "regression":
-            return "regression_pool"
-        name = "default"
-    if name != "default":
-        return name
-    if config.head == "lm":
-        return "repeated_tokens"
-    if config.head == "regression":
-        return "regression"
-    return "icl_dynamics" if _is_classifier_icl_dynamics(info) else "icl"
+    """The concrete probe name for `default`, `default_pair` and `default_train` on this run: the
+    registry's defaults for the model head (`resolve_default_probe`), except that a classifier run
+    of the icl-dynamics task defaults to that task's own probe set; other names unchanged."""
+    if name in ("default", "default_train") and config.head == "classifier" and _is_classifier_icl_dynamics(info):
+        return "icl_dynamics"
+    # a head without a paired probe (regression) gets the classifier's, whose builder says why not
+    return resolve_default_probe(name, config.head) or "label_swap_pair"
 
 
 def _stored_probe(run_dir: Path, name: str) -> Probe | None:
