@@ -111,6 +111,23 @@ def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python 
     console.print(table)
 
 
+@user_errors
+def probes_command(plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more probes or "
+                                                                        "types")) -> None:
+    """List the named probes a run can build (`--probe NAME:key=N,...`): model head, options, description."""
+    from scalars import list_probes
+
+    _load_plugins(plugin)
+    for b in list_probes():
+        options = ", ".join(f"{k}={'auto' if v is None else v}" for k, v in b.options.items()) or "none"
+        console.print(Text(f"{b.name}  needs: {b.requires or 'any'}  options: {options}", style="bold"),
+                      soft_wrap=not console.is_terminal)
+        console.print(Text(f"    {b.description}"), soft_wrap=not console.is_terminal)
+    console.print(Text("Also: a classifier run's evaluation sets by name (icl, iwl, ...), induction_pair, "
+                       "label_swap_pair, and .npy/.npz probe files; NAME:stride=K keeps every K-th sequence."),
+                  soft_wrap=not console.is_terminal)
+
+
 def _log(line: str) -> None:
     console.print(line, soft_wrap=True, markup=False, highlight=False)
 

@@ -16,7 +16,7 @@ def main() -> None:
 
 from ._train import train_command  # noqa: E402
 
-from ._compute import compute_command, types_command  # noqa: E402
+from ._compute import compute_command, probes_command, types_command  # noqa: E402
 from ._hf import export_command, export_scalars_command  # noqa: E402
 from ._import import import_command  # noqa: E402
 from ._open import open_command  # noqa: E402
@@ -27,6 +27,7 @@ from ._verify import verify_command  # noqa: E402
 app.command("train")(train_command)
 app.command("compute")(compute_command)
 app.command("types")(types_command)
+app.command("probes")(probes_command)
 app.command("verify")(verify_command)
 app.command("show")(show_command)
 app.command("plot")(plot_command)

@@ -85,3 +85,12 @@ def test_probe_options_and_heads_are_checked_in_one_place(plugin, tiny_run):
         scalars.build_run_probe("nosuch", tiny_run, info, config)
     with pytest.raises(ValueError, match="already registered"):
         scalars.register_probe("constant_tokens", description="again")(lambda run: None)
+
+
+def test_scalars_probes_lists_builtin_and_plugin_probes(plugin):
+    res = CliRunner().invoke(app, ["probes", "--plugin", str(plugin)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "repeated_tokens needs: lm options: batch=16, T=auto, seed=0" in text
+    assert "constant_tokens needs: lm options: batch=4, token=3 every position the same token" in text
+    assert "regression_pool needs: regression" in text and "icl_dynamics needs: classifier" in text
