@@ -69,8 +69,11 @@ LM_TYPES = [t.name for t in scalars.list_types()  # SGLD estimators (opt-in): te
 
 @pytest.fixture(scope="module")
 def planted():
+    from scalars._engine import applicable_types
+
     model = planted_model()
-    fn = scalars.make_compute_fn(LM_TYPES, model.config, distinct_repeats())
+    types = [n for n in LM_TYPES if n in applicable_types(model.config)]  # attention-only: no neuron types
+    fn = scalars.make_compute_fn(types, model.config, distinct_repeats())
     return {k: np.asarray(v) for k, v in fn(eqx.filter(model, eqx.is_array)).items()}
 
 
