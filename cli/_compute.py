@@ -70,7 +70,8 @@ def compute_command(
         reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
                                 block_size=block_size, workers=workers, scheduler=scheduler,
                                 steps_per_task=steps_per_task, plugins=plugin, progress=not quiet,
-                                log=_log, options=parse_type_options(option), stall_timeout=stall_timeout)
+                                log=_log, options=parse_type_options(option), stall_timeout=stall_timeout,
+                                type_timing=True)
     except StallError as exc:  # its stuck threads never return: leave at once (nothing half-written is left)
         exit_now(str(exc), code=3)
     failed = False

@@ -110,7 +110,8 @@ def _finish(plans: Sequence[ComputePlan], targets: Mapping[str, Mapping[str, str
 
 def _run_task(task: BatchTask, *, probe: str | None, block_size: int, plugins: tuple[str, ...],
               options: Mapping[str, Mapping[str, Any]] | None, topic: str | None, task_key: str,
-              force: bool, targets: Mapping[str, str], stall_timeout: float | None) -> ComputeReport:
+              force: bool, targets: Mapping[str, str], stall_timeout: float | None,
+              type_timing: bool = False) -> ComputeReport:
     """Worker side: load plugins, compute the task's missing cells, report progress as events."""
     from . import load_entry_point_plugins, load_plugin
 
@@ -125,7 +126,7 @@ def _run_task(task: BatchTask, *, probe: str | None, block_size: int, plugins: t
         on_progress = lambda done, _total: worker.log_event(topic, [task_key, int(done)])  # noqa: E731
     return compute_run(task.run_dir, list(task.types), steps=",".join(map(str, task.steps)), probe=probe,
                        block_size=block_size, options=options, on_progress=on_progress, force=force,
-                       targets=targets, stall_timeout=stall_timeout)
+                       targets=targets, stall_timeout=stall_timeout, type_timing=type_timing)
 
 
 def _merge(out: ComputeReport, rep: ComputeReport) -> None:
@@ -139,7 +140,8 @@ def _merge(out: ComputeReport, rep: ComputeReport) -> None:
     out.traces += rep.traces
 
 
-def _in_process(plans: Sequence[ComputePlan], block_size: int, bar, stall_timeout: float | None) -> list[ComputeReport]:
+def _in_process(plans: Sequence[ComputePlan], block_size: int, bar, stall_timeout: float | None,
+                type_timing: bool = False) -> list[ComputeReport]:
     reports, offset = [], 0
     for plan in plans:
         if not plan.n_cells:
@@ -147,7 +149,7 @@ def _in_process(plans: Sequence[ComputePlan], block_size: int, bar, stall_timeou
             continue
         rep = compute_run(plan.run_dir, [t.name for t in plan.types], plan=plan, block_size=block_size,
                           on_progress=lambda done, _t, offset=offset: bar.update(offset + done),
-                          stall_timeout=stall_timeout)
+                          stall_timeout=stall_timeout, type_timing=type_timing)
         offset += plan.n_cells
         reports.append(rep)
     return reports
@@ -156,7 +158,8 @@ def _in_process(plans: Sequence[ComputePlan], block_size: int, bar, stall_timeou
 def _on_cluster(client, plans: Sequence[ComputePlan], tasks: Sequence[BatchTask], *, probe: str | None,
                 block_size: int, plugins: tuple[str, ...], options: Mapping[str, Mapping[str, Any]] | None, bar,
                 on_task_done: Callable[[BatchTask, ComputeReport], None] | None,
-                targets: Mapping[str, Mapping[str, str]], stall_timeout: float | None) -> list[ComputeReport]:
+                targets: Mapping[str, Mapping[str, str]], stall_timeout: float | None,
+                type_timing: bool = False) -> list[ComputeReport]:
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -178,7 +181,7 @@ def _on_cluster(client, plans: Sequence[ComputePlan], tasks: Sequence[BatchTask]
         fut = client.submit(_run_task, task, probe=probe, block_size=block_size, plugins=plugins, options=options,
                             topic=topic, task_key=key, key=key, retries=TASK_RETRIES, pure=False,
                             force=force_of[task.run_dir], targets=targets.get(task.run_dir, {}),
-                            stall_timeout=stall_timeout)
+                            stall_timeout=stall_timeout, type_timing=type_timing)
         futures[fut] = (key, task)
     reports = {str(Path(p.run_dir).resolve()): ComputeReport(p.run_dir) for p in plans}
     errors: list[str] = []
@@ -253,9 +256,11 @@ def compute_batch(
     log: Callable[[str], None] | None = None,
     on_task_done: Callable[[BatchTask, ComputeReport], None] | None = None,
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+    type_timing: bool = False,
 ) -> list[ComputeReport]:
     """Compute the missing cells of `types` for every run in `run_dirs` (paths or globs); one report per run.
-    `options` maps a type name to option overrides, as for `compute_run`.
+    `options` maps a type name to option overrides and `type_timing` asks for each type's share of
+    the time, as for `compute_run`.
 
     Runs in this process for a single run (or `workers=1`), else on a LocalCluster of `workers`
     processes (default: one per core), or on the existing cluster at `scheduler`. Idempotent.
@@ -293,7 +298,7 @@ def compute_batch(
     tasks = partition(plans, steps_per_task or default_steps_per_task(n_ckpts, n_workers))
     if scheduler is None and (n_workers == 1 or len(tasks) == 1 or (workers is None and len(plans) == 1)):
         with CellProgress(total, enabled=progress) as bar:
-            return _in_process(plans, block_size, bar, stall_timeout)
+            return _in_process(plans, block_size, bar, stall_timeout, type_timing)
     t0 = time.perf_counter()
     _validate(plans, block_size, options)
     with batch_client(workers=min(n_workers, len(tasks)), scheduler=scheduler, log=log) as client:
@@ -305,7 +310,7 @@ def compute_batch(
         with CellProgress(total, enabled=progress) as bar:
             reports = _on_cluster(client, plans, tasks, probe=probe, block_size=block_size, plugins=plugins,
                                   options=options, bar=bar, on_task_done=on_task_done, targets=targets,
-                                  stall_timeout=stall_timeout)
+                                  stall_timeout=stall_timeout, type_timing=type_timing)
     if log:
         log(f"batch finished in {time.perf_counter() - t0:.1f}s")
     return reports

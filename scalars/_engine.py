@@ -256,6 +256,7 @@ def compute_run(
     plan: ComputePlan | None = None,
     targets: Mapping[str, str] | None = None,
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+    type_timing: bool = False,
 ) -> ComputeReport:
     """Compute the missing (type, step) cells of `types` for one run and store them.
 
@@ -264,7 +265,9 @@ def compute_run(
     name to option overrides (stored in the variable's attrs). `targets` are the arrays to write
     (from `store.ensure_variables`) when the caller prepared the store itself; it then also
     commits or discards staged replacements. A block that takes longer than `stall_timeout`
-    seconds raises StallError naming the types and steps; nothing half-written is left.
+    seconds raises StallError naming the types and steps; nothing half-written is left. With
+    `type_timing`, `report.type_seconds` splits the compute time over the types by their XLA FLOP
+    counts (each type lowered alone once: a fraction of a second per type, so off by default).
     """
     t0 = time.perf_counter()
     plan = plan or plan_compute(run_dir, types, steps=steps, probe=probe, force=force, options=options)
@@ -291,7 +294,7 @@ def compute_run(
     try:
         if plan.n_cells:
             _compute_groups(plan, groups, programs, streams, targets, block_size, param_shapes, report,
-                            on_progress, stall_timeout)
+                            on_progress, stall_timeout, type_timing)
     except BaseException:
         if own:
             store.discard_replacements(plan.run_dir, targets)
@@ -312,12 +315,12 @@ def dropped_warnings(plan: ComputePlan, dropped: Mapping[str, int]) -> list[str]
 def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int]], programs: Mapping,
                     streams: Mapping[tuple[str, ...], int], targets: Mapping[str, str], block_size: int,
                     param_shapes, report: ComputeReport, on_progress: Callable[[int, int], None] | None,
-                    stall_timeout: float | None) -> None:
+                    stall_timeout: float | None, type_timing: bool = False) -> None:
     """Stream each group's checkpoints in blocks (the next read while one computes) through its
     program; each group's wall time goes to its types in proportion to their FLOPs."""
     names_all = sorted({n for names in groups for n in names})
-    costs = type_flops(plan, names_all) if len(names_all) > 1 else {n: 1.0 for n in names_all}
-    flops = {names: {n: costs[n] for n in names} for names in groups}
+    costs = type_flops(plan, names_all) if type_timing and len(names_all) > 1 else None
+    flops = {names: {n: costs[n] for n in names} for names in groups} if costs else {}
     total, done = plan.n_cells, 0
     reader = store.open_archive(plan.run_dir)
     n_workers = max(streams.values())

@@ -65,11 +65,12 @@ def test_type_flops_counts_the_planted_matmuls(planted_types, tiny_run):
 
 def test_report_splits_time_by_flops(planted_types, tiny_run, copy_run):
     run = copy_run(tiny_run)
-    rep = scalars.compute_run(run, [HEAVY, LIGHT])
+    assert scalars.compute_run(copy_run(tiny_run, "untimed"), [HEAVY, LIGHT]).type_seconds == {}  # opt-in
+    rep = scalars.compute_run(run, [HEAVY, LIGHT], type_timing=True)
     assert set(rep.type_seconds) == {HEAVY, LIGHT}
     assert rep.type_seconds[HEAVY] > 100 * rep.type_seconds[LIGHT]
     assert sum(rep.type_seconds.values()) <= rep.seconds
-    assert scalars.compute_run(run, [HEAVY, LIGHT]).type_seconds == {}  # nothing left to compute
+    assert scalars.compute_run(run, [HEAVY, LIGHT], type_timing=True).type_seconds == {}  # nothing left
 
 
 def test_estimate_measures_without_storing_and_all_prints_an_estimate_first(planted_types, tiny_run, copy_run):
