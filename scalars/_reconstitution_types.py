@@ -89,7 +89,8 @@ def mixed_stream_pattern_score(model, probe, clean, ctx):
     return iv.mixed_stream_scores(model, {"clean": clean, "corrupt": corrupt}, opts["query"], opts["key"], score)
 
 
-def reconstituted_posts(model, clean: dict, readout: str) -> Float[Array, "layer neuron src_layer src_head"]:
+def reconstituted_posts(model, clean: dict, readout: str, head_batching: str = "map"
+                        ) -> Float[Array, "layer neuron src_layer src_head"]:
     """Mean over sequences and positions of every MLP neuron's post-activation with one head's
     output removed from the MLP's input stream (its LayerNorm and the MLP recomputed by the model's
     own modules); `readout` "change" subtracts the clean mean. NaN where the head does not feed the
@@ -110,7 +111,7 @@ def reconstituted_posts(model, clean: dict, readout: str) -> Float[Array, "layer
                 post = jax.vmap(lambda n: block.mlp.call_with_all_aux(n)["post"])(normed)
                 return post.mean((0, 1))
 
-            values = jax.lax.map(one, jnp.arange(n_heads))  # (src_head, neuron)
+            values = iv.map_heads(one, n_heads, head_batching)  # (src_head, neuron)
             table = table.at[:, src, :].set((values - base if readout == "change" else values).T)
         rows.append(table)
     return jnp.stack(rows)
@@ -129,4 +130,4 @@ def _check_readout(options: Mapping[str, Any]) -> None:
                       "clean mean (option readout=change) or the value; NaN where src does not feed the MLP; MLP "
                       "models only")
 def reconstituted_neuron_post(model, probe, clean, ctx):
-    return reconstituted_posts(model, clean, ctx.options["readout"])
+    return reconstituted_posts(model, clean, ctx.options["readout"], ctx.head_batching)
