@@ -1,7 +1,7 @@
 """`scalars import`: bring checkpoints written by other code in as ordinary run directories.
 
 `--from` picks the format: `hf` (a series of Hugging Face checkpoint directories of one family,
-gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_families.import_hf`; or a repo id with
+gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_import.import_hf`; or a repo id with
 `--revisions` from the local Hugging Face cache: `trainer.hf_cache`) or `icl-dynamics` (run folders of the icl-dynamics code,
 `trainer.importers.import_icl_dynamics`).
 """
@@ -42,6 +42,10 @@ def import_command(
                                             "(e.g. 'step*')"),
     download: bool = typer.Option(False, "--download", help="hf: fetch the matching revisions from the hub first "
                                   "(default: the local cache only, offline)"),
+    copy: bool = typer.Option(False, "--copy", help="hf: store the checkpoints in the run (a dense archive) "
+                              "instead of reading the source files in place"),
+    step_pattern: Optional[str] = typer.Option(None, "--step-pattern", help="hf: a regex whose one group is the "
+                                               "step in each folder name, e.g. 'iter_(\\d+)_final'"),
 ) -> None:
     """Import checkpoints from another codebase as a run directory (`--from hf` or `--from icl-dynamics`)."""
     if from_ not in FORMATS:
@@ -50,15 +54,17 @@ def import_command(
         if data is not None or exemplars is not None:
             raise ValueError("--data and --exemplars apply to --from icl-dynamics only")
         from trainer.hf_cache import is_repo_id, resolve_revisions
-        from trainer.hf_families import import_hf
+        from trainer.hf_import import import_hf
 
         if len(dirs) == 1 and is_repo_id(dirs[0]) and (revisions or download):
             if steps is not None:
                 raise ValueError("--steps does not apply to a repo id: each revision's step is in its name")
             patterns = [p.strip() for p in (revisions or "*").split(",") if p.strip()]
             found = resolve_revisions(dirs[0], patterns, download=download)
+            if step_pattern is not None:
+                raise ValueError("--step-pattern does not apply to a repo id: each revision's step is in its name")
             written = import_hf([str(p) for _, _, p in found], out, steps=[s for s, _, _ in found],
-                                source={"repo_id": dirs[0], "revisions": [r for _, r, _ in found]})
+                                source={"repo_id": dirs[0], "revisions": [r for _, r, _ in found]}, copy=copy)
         elif len(dirs) == 1 and is_repo_id(dirs[0]) and steps is None:
             raise ValueError(f"'{dirs[0]}' is not a folder here; to import that repo from the Hugging Face cache pass "
                              "--revisions (e.g. --revisions 'step*'), and --download to fetch what is not cached")
@@ -66,12 +72,18 @@ def import_command(
             raise ValueError("--revisions and --download take one repo id ORG/NAME (resolved through the Hugging "
                              f"Face cache), got {', '.join(dirs)}")
         else:
-            written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps))
+            written = import_hf(dirs, out, steps=None if steps is None else _parse_steps(steps), copy=copy,
+                                step_pattern=step_pattern)
         import store
 
         n = len(store.read_run_json(written)["steps"])
-        console.print(f"imported {n} checkpoint director{'y' if n == 1 else 'ies'} into {written}")
+        how = ("copied into" if copy else "referenced in place by") + f" {written}"
+        console.print(f"imported {n} checkpoint director{'y' if n == 1 else 'ies'}, {how}"
+                      + ("" if copy else " (`scalars verify` re-checks the source files; --copy stores them)"),
+                      soft_wrap=True)
         return
+    if copy or step_pattern is not None:
+        raise ValueError("--copy and --step-pattern apply to --from hf only")
     if steps is not None:
         raise ValueError("--steps applies to --from hf only; icl-dynamics steps come from the checkpoint file names")
     import store

@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 import store
-from store.checkpoints import leaf_crc32
 from trainer.model import ModelConfig, named_shapes, params_from_named
 
 from ._compute import ComputeFn, check_types, model_template
@@ -214,26 +213,21 @@ def _validate_program(fn: ComputeFn, param_shapes) -> Any:
         raise ValueError(f"computing the requested types failed while tracing: {type(exc).__name__}: {exc}") from None
 
 
-def _checksums_match(reader: store.ArchiveReader, step: int, leaves: dict, i: int) -> bool:
-    stored = reader.stored_checksums(step)
-    return all(int(stored[j]) == leaf_crc32(leaves[n][i]) for j, n in enumerate(reader.leaf_names))
-
-
 def _load(reader: store.ArchiveReader, steps: list[int]) -> tuple[list[int], dict, dict[int, str]]:
     """Read and checksum a block of checkpoints; steps that fail are returned with a reason.
     The block is read once and checked in memory; only a damaged block is re-read step by step."""
     try:
         leaves = reader.load_block(steps)
-        if all(_checksums_match(reader, s, leaves, i) for i, s in enumerate(steps)):
+        if all(reader.intact(s, leaves, i) for i, s in enumerate(steps)):
             return list(steps), leaves, {}
     except Exception:  # an unreadable chunk somewhere in the block: find it below
         pass
     good, failed = [], {}
     for s in steps:
         try:
-            if not reader.verify_checksum(s):
-                failed[s] = (f"checkpoint {s} fails its checksum (corrupted chunk); run `scalars verify` and "
-                             "restore or retrain that step")
+            reason = reader.damage(s)
+            if reason:
+                failed[s] = reason
                 continue
         except Exception as exc:  # unreadable chunk: report, go on with the others
             failed[s] = f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); run `scalars verify`"

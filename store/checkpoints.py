@@ -30,6 +30,7 @@ from . import _zarr_io as zio
 from ._schema import nearest_steps
 from ._names import check_name, safe_key
 from .errors import StoreError
+from .references import ReferencedArchive, has_references
 
 __all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "leaf_crc32"]
 
@@ -339,6 +340,11 @@ class ArchiveReader(_Archive):
         """Stored crc32 per leaf (in ``leaf_names`` order) of the checkpoint at ``step``."""
         return np.asarray(self._sum_arr[self._slot(step)], dtype=np.uint32)
 
+    def intact(self, step: int, leaves: Mapping[str, np.ndarray], i: int) -> bool:
+        """True if row ``i`` of a loaded block (``leaves``, as `load_block` returns) matches ``step``'s crc32s."""
+        stored = self.stored_checksums(step)
+        return all(int(stored[j]) == leaf_crc32(leaves[n][i]) for j, n in enumerate(self._specs))
+
     def verify_checksum(self, step: int) -> bool:
         """True if every leaf of ``step`` reads back and matches its stored crc32."""
         slot = self._slot(step)
@@ -348,6 +354,13 @@ class ArchiveReader(_Archive):
         except Exception:  # a corrupted chunk fails to decode: that is a failed check
             return False
         return all(int(stored[i]) == leaf_crc32(values[n]) for i, n in enumerate(self._specs))
+
+    def damage(self, step: int) -> str | None:
+        """None if checkpoint ``step`` reads back intact, else a sentence saying what to do."""
+        if self.verify_checksum(step):
+            return None
+        return (f"checkpoint {step} fails its checksum (corrupted chunk); run `scalars verify` and restore or "
+                "retrain that step")
 
     def to_xarray(self, *, steps_per_chunk: int = 16) -> xr.Dataset:
         """Lazy (dask) Dataset: one variable per leaf, dims ``(step, <leaf>_dim0, ...)``, committed only."""
@@ -362,6 +375,9 @@ class ArchiveReader(_Archive):
         return xr.Dataset(data_vars, coords={"step": self._steps.copy()}, attrs={"source": self.root})
 
 
-def open_archive(run_dir: str | os.PathLike[str]) -> ArchiveReader:
-    """Open ``RUN_DIR/checkpoints.zarr`` for reading committed checkpoints."""
+def open_archive(run_dir: str | os.PathLike[str]) -> ArchiveReader | ReferencedArchive:
+    """Open a run's checkpoints for reading: ``RUN_DIR/checkpoints.zarr``, or the files its
+    ``checkpoints.ref.json`` references (a series read in place; same interface)."""
+    if has_references(run_dir) and not zio.group_exists(os.path.join(os.fspath(run_dir), ARCHIVE)):
+        return ReferencedArchive(run_dir)
     return ArchiveReader(run_dir)

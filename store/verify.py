@@ -21,6 +21,7 @@ from ._schema import mask_name
 from .checkpoints import ARCHIVE, leaf_crc32
 from .dims import STEP
 from .errors import StoreError
+from .references import has_references, verify_references
 from .scalars_store import SCALARS, internal_array
 
 __all__ = ["verify_archive", "verify_scalars"]
@@ -72,6 +73,8 @@ def verify_archive(run_dir: str | os.PathLike[str], notes: list[str] | None = No
     to ``notes`` if given (it is not a problem)."""
     notes = [] if notes is None else notes
     root = os.path.join(os.fspath(run_dir), ARCHIVE)
+    if has_references(run_dir) and not zio.group_exists(root):  # a series read in place
+        return verify_references(run_dir)
     if not zio.group_exists(root):
         return [f"'{run_dir}' has no checkpoint archive ({ARCHIVE}); pass a run directory written by "
                 "`scalars train` or `scalars import`"]

@@ -26,7 +26,8 @@ from cli.app import app
 from scalars import _fast_ablation as fa
 from scalars import _interventions as iv
 from trainer._hf_files import read_checkpoint_dir
-from trainer.hf_families import FAMILIES, family_for_hf, import_hf, model_config_from_hf
+from trainer.hf_families import FAMILIES, family_for_hf, model_config_from_hf
+from trainer.hf_import import import_hf
 from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves, next_token_losses
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"

@@ -21,7 +21,8 @@ import scalars
 import store
 from cli.app import app
 from conftest import TINY_OVERRIDES
-from trainer.hf_gpt2 import check_gpt2_compatible, export_hf, import_hf
+from trainer.hf_gpt2 import check_gpt2_compatible, export_hf
+from trainer.hf_import import import_hf
 from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves
 
 runner = CliRunner()
@@ -323,8 +324,25 @@ def test_import_crash_mid_write_leaves_no_run(two_ckpts, tmp_path, monkeypatch):
     real = store.ArchiveWriter.write_checkpoint
     monkeypatch.setattr(store.ArchiveWriter, "write_checkpoint", boom)
     with pytest.raises(OSError, match="No space left"):
-        import_hf([src / "step-0", src / "step-5"], tmp_path / "out")
+        import_hf([src / "step-0", src / "step-5"], tmp_path / "out", copy=True)
     assert calls == [0, 5]
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_import_in_place_crash_writing_the_manifest_leaves_no_run(two_ckpts, tmp_path, monkeypatch):
+    import store.references
+
+    src, _ = two_ckpts
+    calls = []
+
+    def boom(path, write):
+        calls.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.references, "atomic_write", boom)
+    with pytest.raises(OSError, match="No space left"):
+        import_hf([src / "step-0", src / "step-5"], tmp_path / "out")
+    assert calls and calls[0].endswith("checkpoints.ref.json")
     _assert_nothing_written(tmp_path, tmp_path / "out")
 
 

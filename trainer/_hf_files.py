@@ -19,7 +19,8 @@ import numpy as np
 
 from store import file_mode
 
-__all__ = ["CONFIG_JSON", "WEIGHTS", "tensor_headers", "read_checkpoint_dir", "step_from_name",
+__all__ = ["CONFIG_JSON", "WEIGHTS", "tensor_headers", "read_checkpoint_dir", "weight_files", "header_bytes",
+           "read_weight_files", "step_from_name", "step_pattern",
            "write_checkpoint_dir", "build_atomically"]
 
 CONFIG_JSON = "config.json"
@@ -147,18 +148,53 @@ def load_safetensors(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def read_checkpoint_dir(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Every tensor of a checkpoint directory (all shards) as numpy arrays (bfloat16 as float32)."""
+def weight_files(d: str | os.PathLike[str]) -> list[Path]:
+    """The safetensors file(s) of a checkpoint directory (every shard an index names)."""
+    return _weight_files(_checkpoint_dir(d))
+
+
+def header_bytes(file: str | os.PathLike[str]) -> int:
+    """Length of a safetensors file's header (8 + its JSON): the part naming every tensor and offset."""
+    return _raw_header(Path(file))[1]
+
+
+def read_weight_files(files: list[str | os.PathLike[str]]) -> dict[str, np.ndarray]:
+    """Every tensor of the given safetensors files as numpy arrays (bfloat16 as float32)."""
     out: dict[str, np.ndarray] = {}
-    for file in _weight_files(_checkpoint_dir(d)):
+    for file in files:
         out.update(load_safetensors(file))
     return out
 
 
-def step_from_name(d: str | os.PathLike[str], provenance: Any = None) -> int:
-    """The step of a checkpoint directory: from its name (``step-1000``, ``checkpoint-1000``, any name with
-    exactly one integer), else our record."""
+def read_checkpoint_dir(d: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a checkpoint directory (all shards) as numpy arrays (bfloat16 as float32)."""
+    return read_weight_files(weight_files(d))
+
+
+def step_pattern(text: str) -> re.Pattern[str]:
+    """A ``--step-pattern`` regex: it must compile and have exactly one group, the step's digits."""
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"--step-pattern {text!r} is not a regular expression ({exc}); pass one with a group "
+                         r"for the step, e.g. 'iter_(\d+)_final'") from None
+    if pattern.groups != 1:
+        raise ValueError(f"--step-pattern {text!r} has {pattern.groups} groups; it needs exactly one, around the "
+                         r"step's digits, e.g. 'iter_(\d+)_final'")
+    return pattern
+
+
+def step_from_name(d: str | os.PathLike[str], provenance: Any = None,
+                   pattern: re.Pattern[str] | None = None) -> int:
+    """The step of a checkpoint directory: from ``pattern``'s group if given (it must match), else from its
+    name (``step-1000``, ``checkpoint-1000``, any name with exactly one integer), else our record."""
     name = Path(d).resolve().name
+    if pattern is not None:
+        found = pattern.search(name)
+        if not found or not (found.group(1) or "").isdigit():
+            raise ValueError(f"'{d}': its name {name!r} does not match --step-pattern {pattern.pattern!r} with "
+                             "digits in the group; fix the pattern or pass --steps")
+        return int(found.group(1))
     match = _STEP_NAME.search(name)
     if match:
         return int(match.group(1))

@@ -21,7 +21,7 @@ from ._hf_files import write_checkpoint_dir
 from .model import ModelConfig
 
 __all__ = ["check_gpt2_compatible", "hf_config", "model_config_from_hf", "to_hf_tensors", "from_hf_tensors",
-           "hf_tensor_shapes", "export_hf", "import_hf"]
+           "hf_tensor_shapes", "export_hf"]
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu", "gelu_pytorch_tanh": "gelu_new"}
 CONFIG_KEY = "derived_scalars"  # our provenance block inside config.json (HF keeps unknown keys)
@@ -219,12 +219,3 @@ def export_hf(run_dir: str | os.PathLike[str], step: int, out_dir: str | os.Path
     write_checkpoint_dir(out, hf_config(config, bos_token_id=bos, provenance=provenance),
                          to_hf_tensors(leaves, config))
     return out
-
-
-def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike[str],
-              steps: list[int] | None = None) -> Path:
-    """Import checkpoint directories as one run directory; the importer of every family
-    (`trainer.hf_families.import_hf`, which dispatches on config.json's model_type)."""
-    from .hf_families import import_hf as import_any
-
-    return import_any(dirs, out_run_dir, steps=steps)
