@@ -253,3 +253,23 @@ def test_sweeping_seed_varies_every_seed_the_user_does_not_name(tmp_path):
                               overrides=["seeds.eval_seed=7"])) == [(0, 0, 7), (1, 1, 7)]
     assert seeds(expand_sweep(["seed=0,1", "train_seed=5"], out=str(tmp_path), preset="induction-tiny")) == \
         [(0, 5, 0), (1, 5, 1)]
+
+
+def test_series_read_in_place_compute_on_the_cluster_as_in_one_process(cluster, tmp_path):
+    """Two imported Hugging Face series (seeds of one suite), referenced in place: the workers decode
+    their files like the single process does, and they open together with a `run` dim."""
+    from trainer.hf_import import import_hf
+
+    from _hf_series import make_series
+
+    runs = [str(import_hf([make_series(tmp_path / f"series{s}", seed=s)], tmp_path / f"seed{s}")) for s in (0, 1)]
+    single = [str(_copy(r, tmp_path / "single")) for r in runs]
+    for r in single:
+        compute_run(r, TYPES)
+    reports = compute_batch(runs, TYPES, scheduler=cluster.scheduler.address, steps_per_task=2, progress=False)
+    assert [r.failed_steps for r in reports] == [{}, {}] and sum(r.cells_computed for r in reports) == 2 * 3 * 3
+    ds, want = store.open_scalars(runs), store.open_scalars(single)
+    assert ds.sizes["run"] == 2 and ds.step.values.tolist() == [0, 10, 20]
+    for t in TYPES:
+        np.testing.assert_array_equal(ds[t].values, want[t].values)
+    assert not np.array_equal(ds["ablated_loss"].values[0], ds["ablated_loss"].values[1])

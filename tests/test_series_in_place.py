@@ -18,23 +18,10 @@ import store.references
 from cli.app import app
 from trainer.hf_import import import_hf
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf"
-NEOX = "gpt_neox_parallel_rot025"
+from _hf_series import make_series
+
 TYPES = ["prev_token_score", "ablated_loss", "loss"]
 runner = CliRunner()
-
-
-def make_series(folder: Path, steps=(0, 10, 20), name: str = NEOX, dirname: str = "step{}") -> Path:
-    """Checkpoint folders copied from a transformers-written fixture, weights perturbed per step."""
-    tensors = load_file(FIXTURES / name / "model.safetensors")
-    for i, s in enumerate(steps):
-        d = folder / dirname.format(s)
-        d.mkdir(parents=True)
-        shutil.copy(FIXTURES / name / "config.json", d / "config.json")
-        rng = np.random.default_rng(i)
-        save_file({k: (v + 0.05 * i * rng.normal(size=v.shape)).astype(v.dtype) for k, v in tensors.items()},
-                  d / "model.safetensors", metadata={"format": "pt"})
-    return folder
 
 
 def du(path: Path) -> int:
