@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -79,7 +80,7 @@ def compute_command(
         for w in rep.warnings:
             console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
         for s, why in sorted(rep.failed_steps.items()):
-            console.print(f"[red]failed:[/] {rep.run_dir}: {why}", soft_wrap=True)
+            console.print(f"[red]failed:[/] {escape(str(rep.run_dir))}: {escape(why)}", soft_wrap=True)
             failed = True
         console.print(f"{rep.run_dir}: {rep.cells_computed} cells computed over {rep.checkpoints_computed} "
                       f"checkpoints in {rep.seconds:.1f}s")

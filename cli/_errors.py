@@ -8,6 +8,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, TypeError,
                MemoryError)
@@ -43,13 +44,13 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
-            err_console.print(f"[bold red]error:[/] {_message(exc)}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(_message(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; what was committed is kept, rerun the same command to finish")
             raise typer.Exit(code=130) from None
         except OSError as exc:  # disk full, permissions: still one line
-            err_console.print(f"[bold red]error:[/] {_os_error(exc)}", soft_wrap=True, markup=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(_os_error(exc))}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(code=1) from None
 
     return wrapper
@@ -81,7 +82,7 @@ def exit_now(message: str, code: int) -> None:
     """Print one error line and end the process at once, without waiting for stuck threads."""
     import os
 
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -89,5 +90,5 @@ def exit_now(message: str, code: int) -> None:
 
 def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)

@@ -76,10 +76,11 @@ def import_command(
                                 step_pattern=step_pattern)
         import store
 
-        n = len(store.read_run_json(written)["steps"])
-        how = ("copied into" if copy else "referenced in place by") + f" {written}"
+        info = store.read_run_json(written)
+        n, in_place = len(info["steps"]), info["checkpoints"] == "referenced in place"
+        how = f"referenced in place by {written}" if in_place else f"{info['checkpoints']} into {written}"
         console.print(f"imported {n} checkpoint director{'y' if n == 1 else 'ies'}, {how}"
-                      + ("" if copy else " (`scalars verify` re-checks the source files; --copy stores them)"),
+                      + (" (`scalars verify` re-checks the source files; --copy stores them)" if in_place else ""),
                       soft_wrap=True)
         return
     if copy or step_pattern is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ._errors import user_errors
 
@@ -19,10 +20,10 @@ def verify_command(run_dir: str = typer.Argument(..., help="run directory")) -> 
     notes: list[str] = []
     problems = store.verify_archive(run_dir, notes) + store.verify_scalars(run_dir, notes)
     for note in notes:  # left by a killed writer, cleared by the next one: not a problem
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if problems:
         for p in problems:
-            console.print(f"[red]problem:[/] {p}", soft_wrap=True)
+            console.print(f"[red]problem:[/] {escape(p)}", soft_wrap=True)
         raise typer.Exit(code=1)
     n = len(store.open_archive(run_dir).steps)
     console.print(f"ok: {run_dir}: {n} committed checkpoints, checksums, shapes and scalar cells verified")

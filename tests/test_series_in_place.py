@@ -147,3 +147,49 @@ def test_a_decoder_nobody_registered_is_one_sentence(tmp_path, monkeypatch):
     with pytest.raises(store.StoreError, match=r"needs the checkpoint decoder 'hf', which no imported package "
                                                r"registered; import the package that wrote this run"):
         store.open_archive(run).load(0)
+
+
+class _TorchTensor:
+    """What the importer uses of a torch tensor."""
+
+    def __init__(self, a):
+        self._a, self.dtype = a, a.dtype
+
+    def numpy(self):
+        return self._a
+
+
+def _fake_torch():
+    """A stand-in for torch whose `load` reads the .npz the test saved as pytorch_model.bin."""
+    import types
+
+    torch = types.ModuleType("torch")
+    torch.bfloat16 = object()
+    torch.load = lambda path, map_location, weights_only: (
+        {k: _TorchTensor(v) for k, v in np.load(path).items()} if weights_only and map_location == "cpu" else None)
+    return torch
+
+
+def test_pickle_checkpoints_load_with_torch_and_are_refused_without(tmp_path, monkeypatch):
+    import trainer._hf_files
+
+    series = make_series(tmp_path / "series", steps=(0, 10))
+    for d in series.iterdir():
+        tensors = load_file(d / "model.safetensors")
+        with open(d / "pytorch_model.bin", "wb") as f:
+            np.savez(f, **tensors)
+        os.remove(d / "model.safetensors")
+    monkeypatch.setattr(trainer._hf_files, "_torch", lambda: None)
+    r = runner.invoke(app, ["import", "--from", "hf", str(series), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert ("has only pytorch_model.bin (a pickle, which needs torch to load, and torch is not installed); install "
+            "torch (the [bench] extra) or convert it to safetensors") in " ".join(r.output.split())
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(trainer._hf_files, "_torch", _fake_torch)
+    r = runner.invoke(app, ["import", "--from", "hf", str(series), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0 and "copied (torch pickles converted) into" in r.output, r.output
+    assert (tmp_path / "run" / "checkpoints.zarr").is_dir()  # stored: a pickle has no header to check per read
+    want = import_hf([make_series(tmp_path / "st", steps=(0, 10))], tmp_path / "want")
+    for step in (0, 10):
+        got, ref = store.open_archive(tmp_path / "run").load(step), store.open_archive(want).load(step)
+        assert all(np.array_equal(got[k], ref[k]) for k in ref)

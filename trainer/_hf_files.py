@@ -20,12 +20,14 @@ import numpy as np
 from store import file_mode
 
 __all__ = ["CONFIG_JSON", "WEIGHTS", "tensor_headers", "read_checkpoint_dir", "weight_files", "header_bytes",
-           "read_weight_files", "step_from_name", "step_pattern",
+           "read_weight_files", "is_pickle", "step_from_name", "step_pattern",
            "write_checkpoint_dir", "build_atomically"]
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
 _STEP_NAME = re.compile(r"(?:step|checkpoint|ckpt)[-_]?(\d+)$", re.IGNORECASE)
 Headers = dict[str, tuple[tuple[int, ...], str, str]]  # name -> (shape, safetensors dtype, file)
 
@@ -53,12 +55,55 @@ def _weight_files(d: Path) -> list[Path]:
             raise FileNotFoundError(f"'{d / missing[0]}', named in '{d / INDEX}', does not exist; copy the "
                                     "complete checkpoint directory")
         return [d / s for s in shards]
+    if (d / PICKLE_INDEX).is_file() or (d / PICKLE).is_file():
+        if _torch() is None:
+            name = PICKLE_INDEX if (d / PICKLE_INDEX).is_file() else PICKLE
+            raise ValueError(f"'{d}' has only {name} (a pickle, which needs torch to load, and torch is not "
+                             "installed); install torch (the [bench] extra) or convert it to safetensors: load it "
+                             "with transformers and save_pretrained(..., safe_serialization=True)")
+        if (d / PICKLE).is_file():
+            return [d / PICKLE]
+        index = _read_json(d / PICKLE_INDEX)
+        shards = sorted(set(index.get("weight_map", {}).values())) if isinstance(index.get("weight_map"), dict) else []
+        missing = [s for s in shards if not (d / s).is_file()]
+        if not shards or missing:
+            raise FileNotFoundError(f"'{d / (missing or ['its weight_map'])[0]}', named in '{d / PICKLE_INDEX}', does "
+                                    "not exist; copy the complete checkpoint directory")
+        return [d / s for s in shards]
     pickles = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pt"))
     if pickles:
-        raise ValueError(f"'{d}' has only {pickles[0]} (a pickle, which this importer does not load); convert it "
+        raise ValueError(f"'{d}' has only {pickles[0]} (a pickle, not a Hugging Face weights file); convert it "
                          "to safetensors: load it with transformers and save_pretrained(..., safe_serialization=True)")
     raise FileNotFoundError(f"'{d}' has no {WEIGHTS}; pass Hugging Face checkpoint directories "
                             f"({CONFIG_JSON} + {WEIGHTS})")
+
+
+def _torch() -> Any:
+    """The torch module if installed (it reads pickle checkpoints), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def is_pickle(file: str | os.PathLike[str]) -> bool:
+    """True for a torch pickle weights file (``pytorch_model*.bin``)."""
+    return os.fspath(file).endswith(".bin")
+
+
+def load_pickle(file: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a ``pytorch_model.bin`` as numpy (torch's safe ``weights_only`` loader; bfloat16 widened
+    exactly to float32)."""
+    torch = _torch()
+    try:
+        state = torch.load(os.fspath(file), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"'{file}' is not a readable torch checkpoint ({type(exc).__name__}: {exc}); copy the "
+                         "checkpoint again or convert it to safetensors") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"'{file}' does not hold a state dict of tensors; save it with save_pretrained")
+    return {str(k): (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in state.items()}
 
 
 def _checkpoint_dir(d: str | os.PathLike[str]) -> Path:
@@ -81,6 +126,14 @@ def tensor_headers(d: str | os.PathLike[str]) -> tuple[dict[str, Any], Headers, 
     headers: Headers = {}
     files = _weight_files(path)
     for file in files:
+        if is_pickle(file):  # no header to read without loading: load it
+            for name, value in load_pickle(file).items():
+                if name in headers:
+                    raise ValueError(f"tensor '{name}' is in both '{headers[name][2]}' and '{file}'; "
+                                     "re-export the checkpoint")
+                headers[name] = (tuple(value.shape), _SAFETENSORS_DTYPE.get(value.dtype.str, value.dtype.str),
+                                 str(file))
+            continue
         check_not_truncated(file)
         try:
             with safe_open(file, framework="numpy") as f:
@@ -95,6 +148,7 @@ def tensor_headers(d: str | os.PathLike[str]) -> tuple[dict[str, Any], Headers, 
     return config, headers, str(files[0]) if len(files) == 1 else str(path / INDEX)
 
 
+_SAFETENSORS_DTYPE = {"<f8": "F64", "<f4": "F32", "<f2": "F16"}
 _NUMPY_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
                  "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
@@ -162,7 +216,7 @@ def read_weight_files(files: list[str | os.PathLike[str]]) -> dict[str, np.ndarr
     """Every tensor of the given safetensors files as numpy arrays (bfloat16 as float32)."""
     out: dict[str, np.ndarray] = {}
     for file in files:
-        out.update(load_safetensors(file))
+        out.update(load_pickle(file) if is_pickle(file) else load_safetensors(file))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import hf_gpt2
-from ._hf_files import (CONFIG_JSON, build_atomically, header_bytes, read_weight_files, step_from_name,
+from ._hf_files import (CONFIG_JSON, build_atomically, header_bytes, is_pickle, read_weight_files, step_from_name,
                         step_pattern as parse_step_pattern,
                         tensor_headers, weight_files)
 from .hf_families import FAMILIES, HFFamily, family_for_hf
@@ -63,6 +63,13 @@ def _check_tensors(path: str, headers: Mapping[str, tuple[tuple[int, ...], str, 
         raise ValueError(f"tensor '{family.head_name}' in '{got[family.head_name][2]}' has shape "
                          f"{tuple(got[family.head_name][0])}, expected {(config.vocab_size, config.d_model)} (tied to "
                          "the token embedding)")
+
+
+def _only_pickles(d: str) -> bool:
+    try:
+        return all(is_pickle(f) for f in weight_files(d))
+    except (ValueError, FileNotFoundError):
+        return False  # named by the validation that follows
 
 
 def expand_series(dirs: list[str]) -> list[str]:
@@ -140,6 +147,8 @@ def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' already exists and is not empty; pass a new run directory to --out")
     names = expand_series(names)
+    pickled = [d for d in names if (Path(d) / CONFIG_JSON).is_file() and _only_pickles(d)]
+    copy = copy or bool(pickled)  # a pickle has no header to check: its tensors are converted and stored
     if steps is not None and step_pattern is not None:
         raise ValueError("--steps and --step-pattern both give the steps; pass one of them")
     family, config, hf_cfg, plan = _plan_import(names, steps, None if step_pattern is None else
@@ -154,7 +163,8 @@ def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike
             "imported_from": [os.path.abspath(d) for d in names], "steps": [s for s, _ in plan],
             "config": run_config, "seeds": block.get("seeds", {}), "model": config.to_dict(),
             "versions": package_versions(), "step_unit": "as named by the checkpoints",
-            "checkpoints": "copied" if copy else "referenced in place"}
+            "checkpoints": ("copied (torch pickles converted)" if pickled else "copied") if copy
+            else "referenced in place"}
     if source:
         info["hf_source"] = dict(source)
     args = {"model_type": family.model_type, "model": config.to_dict()}
