@@ -1,7 +1,7 @@
 """The two peers of bench_engine.py: the TransformerLens per-checkpoint loop and a plain-JAX loop.
 
 Both compute the standard suite for one checkpoint and return `{type name: (layer, head) array}`:
-prev/dup/induction scores from one forward's attention patterns (batch mean, the DESIGN.md
+prev/dup/induction scores from one forward's attention patterns (batch mean, the docs/definitions.md
 definitions), then one forward per head with that head's z zeroed, recording the probe loss.
 
 - TransformerLens (what users do today): load the checkpoint's exported GPT-2 directory into a

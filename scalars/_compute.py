@@ -94,8 +94,7 @@ class ComputeFn:
         if stray:
             raise ValueError(f"options given for type(s) {', '.join(stray)} that are not requested")
         self.options = {t.name: resolve_options(t, options.get(t.name)) for t in self.types}
-        self.head_batching = default_head_batching() if head_batching == "auto" else head_batching
-        if self.head_batching not in ("map", "vmap"):
+        if head_batching not in ("auto", "map", "vmap"):
             raise ValueError(f"head_batching must be 'auto', 'map' or 'vmap', got {head_batching!r}")
         self.probe_for = {t.name: select_probe(t, config, probes, type_probes) for t in self.types}
         self.probes: dict[str, Probe] = {}
@@ -105,6 +104,8 @@ class ComputeFn:
             if self.probes.get(p.name, p) is not p:
                 raise ValueError(f"two different probes are both named '{p.name}'; give them distinct names")
             self.probes[p.name] = p
+        tokens = max((p.batch_size * p.seq_len for p in self.probes.values()), default=0)
+        self.head_batching = head_batching_for(config, tokens, head_batching)
         for p in self.probes.values():
             p.check(config)
         self.shapes = {t.name: type_shape(t, config, self.probe_for[t.name]) for t in self.types}
@@ -115,7 +116,14 @@ class ComputeFn:
         }
         self.block = block
         self.trace_count = 0
-        self._jitted = jax.jit(jax.vmap(self._program, in_axes=(0, None)) if block else self._program)
+        self._jitted = jax.jit(self._block_program if block else self._program)
+
+    def _block_program(self, stacked, probe_arrays) -> dict[str, jax.Array]:
+        n = int(jax.tree_util.tree_leaves(stacked)[0].shape[0])
+        tokens = max((p.batch_size * p.seq_len for p in self.probes.values()), default=0)
+        if checkpoint_batching(self.config, tokens, n, self.head_batching) == "map":
+            return jax.lax.map(lambda params: self._program(params, probe_arrays), stacked)
+        return jax.vmap(self._program, in_axes=(0, None))(stacked, probe_arrays)
 
     def _program(self, params, probe_arrays) -> dict[str, jax.Array]:
         self.trace_count += 1
@@ -167,6 +175,29 @@ class ComputeFn:
     def lower(self, params):
         """The lowered program (for inspecting HLO or cost)."""
         return self._jitted.lower(self._check_params(params), self._probe_arrays)
+
+
+VOCAB_BYTES_BUDGET = 1 << 30  # 1 GiB of vocabulary-sized activations at once
+
+
+def head_batching_for(config: ModelConfig, tokens: int, head_batching: str) -> str:
+    """``head_batching`` (map | vmap | auto: map on CPU, vmap on accelerators), except that auto keeps
+    heads in `lax.map` when vmapping them would hold every head's (tokens, vocab) logits at once over
+    `VOCAB_BYTES_BUDGET` (a 50k vocabulary: one head's re-run at a time)."""
+    if head_batching != "auto":
+        return head_batching
+    chosen = default_head_batching()
+    if chosen == "vmap" and config.n_heads * tokens * config.vocab_size * 4 > VOCAB_BYTES_BUDGET:
+        return "map"
+    return chosen
+
+
+def checkpoint_batching(config: ModelConfig, tokens: int, n_checkpoints: int, head_batching: str) -> str:
+    """How a block of checkpoints runs in one call: `vmap` (all at once), or `map` (one after another in
+    one program) when vmapping would hold (checkpoints, tokens, vocab) logits (times the heads when
+    heads are vmapped) over `VOCAB_BYTES_BUDGET`."""
+    per = tokens * config.vocab_size * 4 * (config.n_heads if head_batching == "vmap" else 1)
+    return "map" if n_checkpoints * per > VOCAB_BYTES_BUDGET else "vmap"
 
 
 def make_compute_fn(

@@ -29,7 +29,7 @@ PRESERVES = (None, "pattern", "value", "pattern_and_value")
 
 
 def default_head_batching() -> str:
-    """`map` on CPU (measured faster there, DESIGN.md), `vmap` on accelerators."""
+    """`map` on CPU (measured faster there: benchmarks/RESULTS.md), `vmap` on accelerators."""
     return "map" if jax.default_backend() == "cpu" else "vmap"
 
 

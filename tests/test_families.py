@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 
 import equinox as eqx
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -357,3 +359,28 @@ def test_export_refuses_an_architecture_no_family_expresses(tmp_path):
         family_for_config(cfg)
     assert family_for_config(FAMILY_CONFIGS["llama_gqa"]).model_type == "llama"
     assert family_for_config(FAMILY_CONFIGS["neox_parallel_partial"]).model_type == "gpt_neox"
+
+
+def test_vocabulary_sized_work_is_not_batched_over_checkpoints_or_heads_at_a_50k_vocabulary(monkeypatch):
+    """At Pythia-70m's shapes (8 heads, vocab 50304, 16 x 129 tokens) a block of checkpoints and a layer's
+    head re-runs go one at a time (lax.map) instead of holding every (tokens, vocab) logit array at once;
+    small vocabularies keep vmap. The mapped block computes what the vmapped one does."""
+    from scalars import _compute
+
+    pythia = ModelConfig(n_layers=6, d_model=512, n_heads=8, vocab_size=50304, n_ctx=2048, positional="rope",
+                         rope_layout="half", rotary_pct=0.25, parallel_residual=True, activation="gelu")
+    tokens = 16 * 129
+    assert _compute.head_batching_for(pythia, tokens, "auto") == "map"  # on CPU anyway; on accelerators by size
+    assert _compute.head_batching_for(pythia, tokens, "vmap") == "vmap"  # asked for: kept
+    assert _compute.checkpoint_batching(pythia, tokens, 16, "map") == "map"
+    small = dataclasses.replace(pythia, vocab_size=512)
+    assert _compute.checkpoint_batching(small, tokens, 16, "vmap") == "vmap"
+    config = FAMILY_CONFIGS["neox_parallel_partial"]
+    probe = scalars.repeated_tokens(seed=0, batch=3, T=4, vocab_size=config.vocab_size)
+    stacked = scalars.stack_params([_random_model(config, s) for s in (1, 2, 3)])
+    types = ["induction_score", "ablated_loss", "logit_lens_loss"]
+    vmapped = scalars.make_block_compute_fn(types, config, probe, head_batching="map")(stacked)
+    monkeypatch.setattr(_compute, "VOCAB_BYTES_BUDGET", 0)
+    mapped = scalars.make_block_compute_fn(types, config, probe, head_batching="map")(stacked)
+    for t in types:
+        np.testing.assert_allclose(np.asarray(mapped[t]), np.asarray(vmapped[t]), rtol=1e-6, atol=1e-6)
