@@ -284,7 +284,9 @@ def test_fast_head_ablation_equals_the_cache_rerun(family):
 
 def test_engine_takes_the_cache_rerun_for_an_option_the_fast_path_lacks(monkeypatch):
     config = FAMILY_CONFIGS["neox_parallel_partial"]
-    monkeypatch.setitem(fa.SUPPORTED, "parallel_residual", {False})
+    from trainer.model import _batched
+
+    monkeypatch.setitem(_batched.SUPPORTED, "parallel_residual", {False})
     assert fa.unsupported(config) == "parallel_residual=True"
 
     def refuse(*args, **kwargs):

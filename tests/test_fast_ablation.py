@@ -9,6 +9,7 @@ import pytest
 
 import scalars
 from scalars import _fast_ablation as fa
+from trainer.model import causal_attention, run_blocks
 from scalars import _interventions as iv
 from scalars._reductions import leading_mean
 from trainer.model import ModelConfig, build_model
@@ -80,7 +81,7 @@ def test_run_blocks_equals_forward_from():
     clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
     resid = clean["layer_outputs"][1]["resid_pre"]
     want = jax.vmap(lambda r: model.forward_from(1, r)["ln_final_output"]["out"])(resid)
-    got = model.ln_final(fa.run_blocks(model, 1, resid))
+    got = model.ln_final(run_blocks(model, 1, resid))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
@@ -90,7 +91,7 @@ def test_causal_attention_blocks_equal_one_softmax():
     scores = jnp.einsum("bhqe,bhke->bhqk", q, k) / 2.0
     scores = jnp.where(jnp.tril(jnp.ones((70, 70), bool)), scores, -jnp.inf)
     want = jnp.einsum("bhqk,bhke->bhqe", jax.nn.softmax(scores, -1), v)
-    got = fa._causal_attention(q / 2.0, k, v)  # q arrives scaled by 1/sqrt(e)
+    got = causal_attention(q / 2.0, k, v)  # q arrives scaled by 1/sqrt(e)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
