@@ -9,7 +9,7 @@ import pytest
 
 import scalars
 from scalars import _fast_ablation as fa
-from trainer.model import causal_attention, run_blocks
+from trainer.model import CHUNKED_VOCAB, causal_attention, chunked_token_metrics, run_blocks, unembed, unembed_chunks
 from scalars import _interventions as iv
 from scalars._reductions import leading_mean
 from trainer.model import ModelConfig, build_model
@@ -25,6 +25,9 @@ CONFIGS = {
     "classifier_rope": ModelConfig(head="classifier", d_in=6, n_labels=4, positional="rope", n_layers=2, d_model=16,
                                    n_heads=2, n_ctx=8),
     "regression": ModelConfig(head="regression", d_in=4, n_layers=2, d_model=16, n_heads=2, n_ctx=16),
+    # over CHUNKED_VOCAB and not a multiple of the chunk: the ablated re-runs unembed in chunks
+    "vocab_20k_chunked": ModelConfig(n_layers=2, d_model=16, n_heads=2, vocab_size=20_001, n_ctx=16,
+                                     unembed_bias=True),
 }
 
 
@@ -111,3 +114,27 @@ def test_leading_mean_is_the_mean():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3, 5, 2)), jnp.float32)
     np.testing.assert_allclose(np.asarray(leading_mean(x)), np.asarray(x.mean(0)), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(leading_mean(x, 2)), np.asarray(x.mean((0, 1))), rtol=1e-6, atol=1e-7)
+
+
+def test_chunked_cross_entropy_equals_the_whole_vocabulary():
+    """Loss and first-argmax accuracy over 3 chunks (the last padded) equal log_softmax over all
+    logits; planted ties across chunks resolve to the first index, as jnp.argmax does."""
+    config = CONFIGS["vocab_20k_chunked"]
+    assert config.vocab_size >= CHUNKED_VOCAB
+    model = random_model(config, seed=7)
+    rng = np.random.default_rng(0)
+    resid = jnp.asarray(rng.normal(size=(3, 6, 16)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, config.vocab_size, size=(3, 6)), jnp.int32)
+    logits = unembed(model, resid)
+    targets = targets.at[0, :3].set(jnp.argmax(logits[0, :3], -1))  # some right answers
+    want_loss = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1).mean()
+    want_acc = (jnp.argmax(logits, -1) == targets).mean()
+    loss, acc = chunked_token_metrics(model, resid, targets, unembed_chunks(model))
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+    assert float(acc) == float(want_acc) > 0
+    # equal top logits in chunk 0 and chunk 2: the first wins
+    W_U = model.W_U.at[:, 18_000].set(model.W_U[:, 5])
+    tied = eqx.tree_at(lambda m: (m.W_U, m.b_U), model, (W_U, model.b_U.at[5].set(1e3).at[18_000].set(1e3)))
+    _, acc_first = chunked_token_metrics(tied, resid, jnp.full((3, 6), 5, jnp.int32), unembed_chunks(tied))
+    _, acc_later = chunked_token_metrics(tied, resid, jnp.full((3, 6), 18_000, jnp.int32), unembed_chunks(tied))
+    assert (float(acc_first), float(acc_later)) == (1.0, 0.0)

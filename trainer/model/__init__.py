@@ -5,13 +5,16 @@ from ._aux import ModuleWithAux as ModuleWithAux
 from ._aux import layer_cache as layer_cache
 from ._aux import make_cache_assign as make_cache_assign
 from ._aux import sub_cache as sub_cache
+from ._batched import CHUNKED_VOCAB as CHUNKED_VOCAB
 from ._batched import batched_attention as batched_attention
 from ._batched import batched_unsupported as batched_unsupported
 from ._batched import block_forward as block_forward
 from ._batched import causal_attention as causal_attention
+from ._batched import chunked_token_metrics as chunked_token_metrics
 from ._batched import mlp_residual as mlp_residual
 from ._batched import run_blocks as run_blocks
 from ._batched import unembed as unembed
+from ._batched import unembed_chunks as unembed_chunks
 from ._config import ModelConfig as ModelConfig
 from ._layers import MASKED_SCORE as MASKED_SCORE
 from ._layers import MLP as MLP

@@ -26,7 +26,7 @@ from ._config import ModelConfig
 from ._layers import MASKED_SCORE
 
 __all__ = ["SUPPORTED", "batched_unsupported", "causal_attention", "batched_attention", "block_forward",
-           "mlp_residual", "run_blocks", "unembed"]
+           "mlp_residual", "run_blocks", "unembed", "unembed_chunks", "chunked_token_metrics"]
 
 # The values of each ModelConfig option the batched forward computes exactly; an option not listed
 # (a new one) or a value not in its set sends callers to the per-example forward (`batched_unsupported`).
@@ -121,3 +121,52 @@ def unembed(model, resid: Float[Array, "... d"]) -> Float[Array, "... n_out"]:
     """Logits (or outputs) of final residual streams: the final norm, the unembedding and its bias."""
     logits = model.ln_final(resid) @ model.unembed_matrix
     return logits if model.b_U is None else logits + model.b_U
+
+
+VOCAB_CHUNK = 8192  # columns of the unembedding per step of a chunked cross-entropy
+CHUNKED_VOCAB = 2 * VOCAB_CHUNK  # vocabularies from this size on are unembedded in chunks
+
+
+def unembed_chunks(model) -> tuple[Float[Array, "n d C"], Float[Array, "n C"]] | None:
+    """The unembedding split into `VOCAB_CHUNK`-column blocks (padded columns get a -inf bias) for
+    `chunked_token_metrics`; None for a vocabulary under `CHUNKED_VOCAB` (unembedded whole)."""
+    W = model.unembed_matrix
+    d, V = W.shape
+    if V < CHUNKED_VOCAB:
+        return None
+    n = -(-V // VOCAB_CHUNK)
+    pad = n * VOCAB_CHUNK - V
+    b = jnp.zeros((V,), W.dtype) if model.b_U is None else model.b_U
+    W = jnp.pad(W, ((0, 0), (0, pad))).reshape(d, n, VOCAB_CHUNK).transpose(1, 0, 2)
+    b = jnp.concatenate([b, jnp.full((pad,), -jnp.inf, b.dtype)]).reshape(n, VOCAB_CHUNK)
+    return W, b
+
+
+def chunked_token_metrics(model, resid: Float[Array, "B T d"], targets, chunks) -> tuple[Array, Array]:
+    """Mean cross-entropy and argmax accuracy of `targets` (B, T) from final residual streams, the
+    vocabulary taken `VOCAB_CHUNK` columns at a time (running max, sum of exponentials, first argmax
+    and the target's logit): the (B, T, vocab) logits are never held at once."""
+    h = model.ln_final(resid)
+    W, b = chunks
+    shape = targets.shape
+
+    def step(carry, xs):
+        top, total, best, best_at, picked = carry
+        w, bias, offset = xs
+        logits = h @ w + bias  # (B, T, C)
+        chunk_top = logits.max(-1)
+        new_top = jnp.maximum(top, chunk_top)
+        total = total * jnp.exp(top - new_top) + jnp.exp(logits - new_top[..., None]).sum(-1)
+        better = chunk_top > best  # ties keep the earlier chunk: jnp.argmax's first index
+        best_at = jnp.where(better, offset + jnp.argmax(logits, -1), best_at)
+        inside = (targets >= offset) & (targets < offset + logits.shape[-1])
+        at = jnp.clip(targets - offset, 0, logits.shape[-1] - 1)
+        picked = picked + jnp.where(inside, jnp.take_along_axis(logits, at[..., None], -1)[..., 0], 0.0)
+        return (new_top, total, jnp.maximum(best, chunk_top), best_at, picked), None
+
+    init = (jnp.full(shape, -jnp.inf, h.dtype), jnp.zeros(shape, h.dtype), jnp.full(shape, -jnp.inf, h.dtype),
+            jnp.zeros(shape, targets.dtype), jnp.zeros(shape, h.dtype))
+    offsets = jnp.arange(W.shape[0], dtype=targets.dtype) * W.shape[-1]
+    (top, total, _, best_at, picked), _ = jax.lax.scan(step, init, (W, b, offsets))
+    loss = (top + jnp.log(total) - picked).mean()
+    return loss, (best_at == targets).astype(jnp.float32).mean()
