@@ -31,6 +31,21 @@ def _scores_from_mean_pattern(A, T: int) -> dict[str, np.ndarray]:
             "induction_score": A[..., j, j - T + 1].mean(-1)}
 
 
+def tl_ablated_losses(bridge, tokens, n_layers: int, n_heads: int) -> np.ndarray:
+    """(layer, head) loss of a TransformerLens model with each head's `hook_z` zeroed in turn (call
+    inside `torch.inference_mode()`)."""
+    losses = np.zeros((n_layers, n_heads), np.float32)
+    for l in range(n_layers):
+        for h in range(n_heads):
+            def zero_head(z, hook, h=h):  # z: (batch, pos, head, d_head)
+                z[:, :, h] = 0.0
+                return z
+
+            losses[l, h] = bridge.run_with_hooks(tokens, return_type="loss",
+                                                 fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head)]).item()
+    return losses
+
+
 def torch_available() -> bool:
     """True if the optional `bench` extra (torch, transformer-lens, transformers) is installed."""
     try:
@@ -75,16 +90,7 @@ class TransformerLensLoop:
             bridge.run_with_hooks(self.tokens, return_type=None,
                                   fwd_hooks=[(f"blocks.{l}.attn.hook_pattern", keep_pattern) for l in range(L)])
             out.update(_scores_from_mean_pattern(np.stack(means), self.T))
-            losses = np.zeros((L, H), np.float32)
-            for l in range(L):
-                for h in range(H):
-                    def zero_head(z, hook, h=h):  # z: (batch, pos, head, d_head)
-                        z[:, :, h] = 0.0
-                        return z
-
-                    losses[l, h] = bridge.run_with_hooks(self.tokens, return_type="loss",
-                                                         fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head)]).item()
-        out["ablated_loss"] = losses
+            out["ablated_loss"] = tl_ablated_losses(bridge, self.tokens, L, H)
         return out
 
 

@@ -69,7 +69,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import store  # noqa: E402
-from _engine_peers import _scores_from_mean_pattern, torch_available  # noqa: E402
+from _engine_peers import _scores_from_mean_pattern, tl_ablated_losses, torch_available  # noqa: E402
 from bench_engine import matmul_peak  # noqa: E402
 
 PROBE = "repeated_tokens:batch=16,T=64"
@@ -259,16 +259,7 @@ class NeoXLensLoop:
             out.update(_scores_from_mean_pattern(np.stack(means), REPEAT))
             t2 = time.perf_counter()
             if ablations:
-                losses = np.zeros((L, H), np.float32)
-                for l in range(L):
-                    for h in range(H):
-                        def zero_head(z, hook, h=h):  # z: (batch, pos, head, d_head)
-                            z[:, :, h] = 0.0
-                            return z
-
-                        losses[l, h] = bridge.run_with_hooks(self.tokens, return_type="loss",
-                                                             fwd_hooks=[(f"blocks.{l}.attn.hook_z", zero_head)]).item()
-                out["ablated_loss"] = losses
+                out["ablated_loss"] = tl_ablated_losses(bridge, self.tokens, L, H)
         t3 = time.perf_counter()
         return out, {"load": t1 - t0, "clean": t2 - t1, "ablations": t3 - t2, "total": t3 - t0}
 

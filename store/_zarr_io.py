@@ -19,7 +19,6 @@ import zarr
 from numcodecs import Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
-from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 

@@ -27,6 +27,7 @@ import xarray as xr
 
 from . import _files as files
 from . import _zarr_io as zio
+from ._described import DescribedCheckpoints
 from ._schema import nearest_steps
 from ._names import check_name, safe_key
 from .errors import StoreError
@@ -81,7 +82,7 @@ def _nearest(steps: np.ndarray, step: int) -> str:
     return "nearest committed steps: " + ", ".join(str(s) for s in nearest_steps(steps, step))
 
 
-class _Archive:
+class _Archive(DescribedCheckpoints):
     """Shared open-and-describe logic of the writer and the reader."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
@@ -109,26 +110,6 @@ class _Archive:
         self._sum_arr = zio.get_array(self._group, "checksum")
         if self._step_arr is None or self._sum_arr is None:
             raise StoreError(f"'{self.root}' lacks its step or checksum array; run `scalars verify`")
-
-    @property
-    def leaf_names(self) -> list[str]:
-        """Leaf names, sorted."""
-        return list(self._specs)
-
-    @property
-    def leaf_specs(self) -> LeafSpecs:
-        """``{name: (shape, dtype name)}`` of every leaf."""
-        return dict(self._specs)
-
-    @property
-    def steps(self) -> np.ndarray:
-        """Committed steps, strictly increasing (int64)."""
-        return self._steps.copy()
-
-    @property
-    def n_committed(self) -> int:
-        """Number of committed checkpoints."""
-        return int(self._steps.size)
 
     def _read_steps(self) -> np.ndarray:
         (raw,) = zio.read_many([(self._step_arr, slice(None))])

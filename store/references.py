@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._described import DescribedCheckpoints
 from ._files import atomic_write
 from ._schema import nearest_steps
 from .errors import StoreError
@@ -95,7 +96,7 @@ def _file_problem(step: int, ref: Mapping[str, Any]) -> str | None:
     return None
 
 
-class ReferencedArchive:
+class ReferencedArchive(DescribedCheckpoints):
     """Read checkpoints from the files a manifest references; the interface of `ArchiveReader`."""
 
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
@@ -116,23 +117,6 @@ class ReferencedArchive:
             raise StoreError(f"'{self.root}' has manifest version {record['version']}, newer than this package "
                              f"reads ({_VERSION}); upgrade the package")
         self._steps = np.array(sorted(self._files), dtype=np.int64)
-
-    # -- description, as ArchiveReader ----------------------------------------------------------------
-    @property
-    def leaf_names(self) -> list[str]:
-        return list(self._specs)
-
-    @property
-    def leaf_specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return dict(self._specs)
-
-    @property
-    def steps(self) -> np.ndarray:
-        return self._steps.copy()
-
-    @property
-    def n_committed(self) -> int:
-        return int(self._steps.size)
 
     def refresh(self) -> None:
         """Nothing to re-read: a referenced series does not grow."""
