@@ -75,6 +75,14 @@ def test_sharded_checkpoints_are_referenced_file_by_file(tmp_path):
     got, ref = store.open_archive(run).load(3), store.open_archive(want).load(3)
     assert all(np.array_equal(got[k], ref[k]) for k in ref)
     os.remove(d / "model-00002-of-00002.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"model-00002-of-00002.safetensors', named in '.*index.json', does "
+                                                r"not exist; copy the complete checkpoint directory"):
+        import_hf([d], tmp_path / "again")  # a missing shard at import: nothing written
+    assert not (tmp_path / "again").exists()
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["import", "--from", "hf", str(tmp_path / "empty"), "--out", str(tmp_path / "again")])
+    assert r.exit_code == 2 and "has no config.json; pass Hugging Face checkpoint directories" in r.output
+    assert not (tmp_path / "again").exists()
     (problem,) = store.verify_archive(run)
     assert problem.startswith("checkpoint at step 3: its file ") and "model-00002-of-00002.safetensors' has vanished" in problem
 
