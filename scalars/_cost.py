@@ -89,11 +89,11 @@ def estimate_cost(plan, *, measure: bool = False, block_size: int = 1) -> CostEs
 def measure_first_block(plan, block_size: int) -> tuple[float, float]:
     """(compile seconds, seconds per checkpoint) of the fused program on the plan's first steps."""
     import store
-    from ._engine import _compute_block, _load, _program
+    from ._engine import _compute_block, _program
 
     names = tuple(t.name for t in plan.types if t.name in plan.missing)
     steps = plan.steps.tolist()[:block_size]
-    good, leaves, failed = _load(store.open_archive(plan.run_dir), steps)
+    good, leaves, failed = store.read_verified_block(store.open_archive(plan.run_dir), steps)
     if not good:
         raise ValueError(f"the first checkpoint(s) of {plan.run_dir} cannot be read ({next(iter(failed.values()))}); "
                          "run `scalars verify` on the run")

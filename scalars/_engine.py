@@ -213,30 +213,6 @@ def _validate_program(fn: ComputeFn, param_shapes) -> Any:
         raise ValueError(f"computing the requested types failed while tracing: {type(exc).__name__}: {exc}") from None
 
 
-def _load(reader: store.ArchiveReader, steps: list[int]) -> tuple[list[int], dict, dict[int, str]]:
-    """Read and checksum a block of checkpoints; steps that fail are returned with a reason.
-    The block is read once and checked in memory; only a damaged block is re-read step by step."""
-    try:
-        leaves = reader.load_block(steps)
-        if all(reader.intact(s, leaves, i) for i, s in enumerate(steps)):
-            return list(steps), leaves, {}
-    except Exception:  # an unreadable chunk somewhere in the block: find it below
-        pass
-    good, failed = [], {}
-    for s in steps:
-        try:
-            reason = reader.damage(s)
-            if reason:
-                failed[s] = reason
-                continue
-        except Exception as exc:  # unreadable chunk: report, go on with the others
-            failed[s] = f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); run `scalars verify`"
-            continue
-        good.append(s)
-    leaves = reader.load_block(good) if good else {}
-    return good, leaves, failed
-
-
 def compute_run(
     run_dir: str | Path,
     types: Sequence[str | DerivedScalarType],
@@ -327,14 +303,14 @@ def _compute_groups(plan: ComputePlan, groups: Mapping[tuple[str, ...], list[int
                 t_group = time.perf_counter()
                 fn = programs[names]
                 blocks = [group_steps[i:i + block_size] for i in range(0, len(group_steps), block_size)]
-                future = loader.submit(_load, reader, blocks[0])
+                future = loader.submit(store.read_verified_block, reader, blocks[0])
                 running: collections.deque = collections.deque()  # (steps, future of values), oldest first
                 in_flight = 0  # the first block runs alone: it compiles the program once, for every stream
                 for i in range(len(blocks) + 1):
                     if i < len(blocks):
                         good, leaves, failed = _wait(future, stall_timeout, plan, names, blocks[i], "reading")
                         if i + 1 < len(blocks):
-                            future = loader.submit(_load, reader, blocks[i + 1])  # prefetch while computing
+                            future = loader.submit(store.read_verified_block, reader, blocks[i + 1])  # prefetch while computing
                         report.failed_steps.update(failed)
                         if good:
                             _warn_nonfinite(good, leaves, report)

@@ -14,6 +14,7 @@ from .align import open_run as open_run
 from .checkpoints import ArchiveReader as ArchiveReader
 from .checkpoints import ArchiveWriter as ArchiveWriter
 from .checkpoints import open_archive as open_archive
+from .checkpoints import read_verified_block as read_verified_block
 from .errors import StoreError as StoreError
 from .references import ReferencedArchive as ReferencedArchive
 from .references import register_decoder as register_decoder
@@ -45,7 +46,7 @@ from .verify import verify_scalars as verify_scalars
 __all__ = [
     "dims", "StoreError", "file_mode", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
     "is_unstarted_run", "clear_unstarted_run",
-    "ArchiveWriter", "ArchiveReader", "ReferencedArchive", "register_decoder", "open_archive", "verify_archive",
+    "ArchiveWriter", "ArchiveReader", "ReferencedArchive", "register_decoder", "open_archive", "read_verified_block", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
     "MetricsWriter", "open_metrics",
     "VariableSpec", "nearest_steps", "ensure_variables", "commit_replacements", "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps",

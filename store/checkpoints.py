@@ -33,7 +33,7 @@ from ._names import check_name, safe_key
 from .errors import StoreError
 from .references import ReferencedArchive, has_references
 
-__all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "leaf_crc32"]
+__all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "read_verified_block", "leaf_crc32"]
 
 ARCHIVE = "checkpoints.zarr"
 LeafSpecs = dict[str, tuple[tuple[int, ...], str]]
@@ -362,3 +362,29 @@ def open_archive(run_dir: str | os.PathLike[str]) -> ArchiveReader | ReferencedA
     if has_references(run_dir) and not zio.group_exists(os.path.join(os.fspath(run_dir), ARCHIVE)):
         return ReferencedArchive(run_dir)
     return ArchiveReader(run_dir)
+
+
+def read_verified_block(reader: ArchiveReader | ReferencedArchive, steps: Sequence[int]
+                        ) -> tuple[list[int], dict[str, np.ndarray], dict[int, str]]:
+    """(steps read intact, their leaves stacked, {failed step: sentence}) for a block of checkpoints.
+    The block is read once and checked in memory (crc32 per leaf, or a referenced file's size and
+    header); only a damaged block is re-read step by step, so one bad step costs only itself."""
+    try:
+        leaves = reader.load_block(steps)
+        if all(reader.intact(s, leaves, i) for i, s in enumerate(steps)):
+            return list(steps), leaves, {}
+    except Exception:  # an unreadable chunk somewhere in the block: find it below
+        pass
+    good, failed = [], {}
+    for s in steps:
+        try:
+            reason = reader.damage(s)
+            if reason:
+                failed[s] = reason
+                continue
+        except Exception as exc:  # unreadable chunk: report, go on with the others
+            failed[s] = f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); run `scalars verify`"
+            continue
+        good.append(s)
+    leaves = reader.load_block(good) if good else {}
+    return good, leaves, failed
