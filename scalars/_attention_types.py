@@ -165,15 +165,8 @@ def head_detector_score(model, probe, clean, ctx):
                       "Other classifier probes: attention on the label tokens of the items matching the query "
                       "(class, else label) minus |match|/|other| times that on the other items' label tokens")
 def induction_strength(model, probe, clean, ctx):
-    if "correct_index" in probe.arrays and probe.seq_len == 5:  # the paper's probe, as its notebook computes it
-        ci = probe.arrays["correct_index"]
-        b = jnp.arange(ci.shape[0])
-        correct, wrong = 2 * ci + 1, 2 * (1 - ci) + 1
-        out = []
-        for p in ctx.patterns():  # (B, H, S, S)
-            q = p[:, :, -1, :]  # query row (B, H, S)
-            out.append((q[b, :, correct] - q[b, :, wrong]).mean(0))
-        return jnp.stack(out)
+    # one formula for every classifier probe: on the paper's `A la B lb Q` probe (one matching and one
+    # other item) it is the notebook's A[query, correct label] - A[query, wrong label]
     return induction_strengths(ctx.patterns(), probe)
 
 
