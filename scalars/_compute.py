@@ -104,8 +104,8 @@ class ComputeFn:
             if self.probes.get(p.name, p) is not p:
                 raise ValueError(f"two different probes are both named '{p.name}'; give them distinct names")
             self.probes[p.name] = p
-        tokens = max((p.batch_size * p.seq_len for p in self.probes.values()), default=0)
-        self.head_batching = head_batching_for(config, tokens, head_batching)
+        self._tokens = max((p.batch_size * p.seq_len for p in self.probes.values()), default=0)  # the largest probe
+        self.head_batching = head_batching_for(config, self._tokens, head_batching)
         for p in self.probes.values():
             p.check(config)
         self.shapes = {t.name: type_shape(t, config, self.probe_for[t.name]) for t in self.types}
@@ -120,8 +120,7 @@ class ComputeFn:
 
     def _block_program(self, stacked, probe_arrays) -> dict[str, jax.Array]:
         n = int(jax.tree_util.tree_leaves(stacked)[0].shape[0])
-        tokens = max((p.batch_size * p.seq_len for p in self.probes.values()), default=0)
-        if checkpoint_batching(self.config, tokens, n, self.head_batching) == "map":
+        if checkpoint_batching(self.config, self._tokens, n, self.head_batching) == "map":
             return jax.lax.map(lambda params: self._program(params, probe_arrays), stacked)
         return jax.vmap(self._program, in_axes=(0, None))(stacked, probe_arrays)
 
