@@ -141,7 +141,7 @@ def import_series(series: Path, run: Path, n: int) -> tuple[Path, float | None]:
 def probe_tokens(run: Path) -> np.ndarray:
     """The (16, 129) tokens the engine builds for PROBE on this run."""
     from scalars import build_run_probe
-    from scalars._engine import load_run_model_config
+    from scalars._plan import load_run_model_config
 
     info, config = load_run_model_config(run)
     return np.asarray(build_run_probe(PROBE, run, info, config).arrays["tokens"])
@@ -510,7 +510,7 @@ def main() -> None:
     if extra:
         series_dir = link_series(wd / f"series_{tag}_first{args.checkpoints}", dirs, args.checkpoints)
     run, import_s = import_series(series_dir, wd / f"run_{tag}_{args.checkpoints}", args.checkpoints)
-    from scalars._engine import load_run_model_config
+    from scalars._plan import load_run_model_config
 
     _, config = load_run_model_config(run)
     steps = [int(s) for s in store.open_archive(run).steps]

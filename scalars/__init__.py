@@ -13,7 +13,7 @@ from ._compute import make_compute_fn as make_compute_fn
 from ._compute import select_probe as select_probe
 from ._compute import stack_params as stack_params
 from ._context import Context as Context
-from ._engine import ComputePlan as ComputePlan
+from ._plan import ComputePlan as ComputePlan
 from ._engine import ComputeReport as ComputeReport
 from ._engine import StallError as StallError
 from ._engine import compute_run as compute_run
@@ -25,7 +25,7 @@ from ._probe_registry import list_probes as list_probes
 from ._probe_registry import register_probe as register_probe
 from ._probe_registry import unregister_probe as unregister_probe
 from ._cost import CostEstimate as CostEstimate
-from ._engine import plan_compute as plan_compute
+from ._plan import plan_compute as plan_compute
 from ._run_probes import build_run_probe as build_run_probe
 from ._steps import select_steps as select_steps
 from ._naive import naive_compute as naive_compute

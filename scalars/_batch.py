@@ -22,8 +22,9 @@ import store
 
 from ._compute import ComputeFn, model_template
 from ._cost import CostEstimate, estimate_cost, format_estimate
-from ._engine import (DEFAULT_STALL_TIMEOUT, ComputePlan, ComputeReport, _validate_program, compute_run,
-                      default_block_size, dropped_warnings, plan_runs)
+from ._engine import (DEFAULT_STALL_TIMEOUT, ComputeReport, _validate_program, compute_run, default_block_size,
+                      dropped_warnings)
+from ._plan import ComputePlan, plan_runs
 
 __all__ = ["BatchTask", "plan_runs", "partition", "compute_batch", "MAX_STEPS_PER_TASK"]
 

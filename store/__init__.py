@@ -37,7 +37,7 @@ from .scalars_store import computed_mask as computed_mask
 from .scalars_store import discard_replacements as discard_replacements
 from .scalars_store import ensure_variables as ensure_variables
 from .scalars_store import missing_steps as missing_steps
-from .scalars_store import open_scalars as open_scalars
+from .scalars_open import open_scalars as open_scalars
 from .scalars_store import stored_steps as stored_steps
 from .scalars_store import write_cells as write_cells
 from .verify import verify_archive as verify_archive

@@ -17,7 +17,8 @@ from .dims import RUN, STEP
 from .metrics import open_metrics
 from ._runs import concat_runs, resolve_runs
 from ._schema import MASK_PREFIX
-from .scalars_store import SCALARS, open_scalars
+from .scalars_open import open_scalars
+from .scalars_store import SCALARS
 
 __all__ = ["align_with_metrics", "open_run", "metric_at_steps"]
 

@@ -20,7 +20,8 @@ import xarray as xr
 
 from ._runs import resolve_runs
 from .dims import RUN, STEP
-from .scalars_store import SCALARS, open_scalars
+from .scalars_open import open_scalars
+from .scalars_store import SCALARS
 
 __all__ = ["FORMATS", "export_scalars", "scalars_long_frame", "netcdf_safe"]
 

@@ -336,7 +336,7 @@ def test_pattern_means_over_the_78400_sequence_icl_dynamics_probe_agree_with_flo
     run = tmp_path / "run"
     import_icl_dynamics([fixtures / "omniglot50_rl5_synthetic"], run,
                         exemplars=fixtures / "synthetic_data" / "train_classes_exemplar0.npy")
-    info, config = scalars._engine.load_run_model_config(run)
+    info, config = scalars._plan.load_run_model_config(run)
     probe = scalars.build_run_probe("icl_dynamics", run, info, config)
     assert probe.batch_size == 78_400
     model = scalars.load_model(run, 100_000)

@@ -217,17 +217,17 @@ def test_nonfinite_weights_give_nan_with_a_warning(tiny_run, copy_run):
 
 def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeypatch):
     """`--all` plans some 40 types over a handful of probes: each probe is built once, not once per type."""
-    from scalars import _engine
+    from scalars import _plan
 
     built = []
-    real = _engine.build_run_probe
+    real = _plan.build_run_probe
 
     def counting(name, *args, **kwargs):
         built.append(name)
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(_engine, "build_run_probe", counting)
-    plans = _engine.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
+    monkeypatch.setattr(_plan, "build_run_probe", counting)
+    plans = _plan.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
     n_types = len(plans[0].types)
     assert n_types > 20
     assert built and sorted(built) == sorted(set(built)), built  # no probe built twice

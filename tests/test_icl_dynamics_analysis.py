@@ -132,7 +132,7 @@ def test_evaluators_regenerated_from_config(imported):
 
     from trainer.importers import load_icl_dynamics_model, read_icl_dynamics_config
 
-    info, config = scalars._engine.load_run_model_config(imported)
+    info, config = scalars._plan.load_run_model_config(imported)
     _, model = load_icl_dynamics_model(MAIN / "checkpoints" / "00000100000.eqx", read_icl_dynamics_config(MAIN))
     log = read_log_h5(MAIN / "log.h5")["eval"]
 

@@ -151,7 +151,7 @@ def test_same_seed_is_bit_identical_and_seeds_spread(regression_run, computed, t
     for name in SGLD_TYPES:
         np.testing.assert_array_equal(first[name].values, second[name].values)  # bit-identical
     # other seeds: the same estimator on the same loss, one compiled program with the key as input
-    info, config = scalars._engine.load_run_model_config(regression_run)
+    info, config = scalars._plan.load_run_model_config(regression_run)
     probe = scalars.build_run_probe("regression_pool", regression_run, info, config)  # the training distribution
     from trainer.model import load_named_leaves
 
@@ -284,7 +284,7 @@ def test_sgld_types_are_opt_in_and_validate_their_dims():
     for name in ("llc", "rllc", "sgld_diagnostics"):
         dst = scalars.get_type(name)
         assert dst.opt_in and dst.requires is None and set(dst.dims) <= set(scalars.dims.TYPE_DIMS)
-    from scalars._engine import applicable_types
+    from scalars._plan import applicable_types
 
     assert not {"llc", "rllc", "sgld_diagnostics"} & set(applicable_types(LM_CFG))
     # the diagnostics of hand-made traces: one chain drifting upward, one flat

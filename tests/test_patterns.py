@@ -65,7 +65,7 @@ def test_values_match_a_per_sequence_reference(patterned):
 
 
 def test_attention_pattern_is_in_all_and_sized_by_the_probe():
-    from scalars._engine import applicable_types
+    from scalars._plan import applicable_types
 
     assert "attention_pattern" in applicable_types(ModelConfig(head="lm"))
     assert "attention_pattern" in applicable_types(ModelConfig(head="classifier", vocab_size=0, d_in=4, n_labels=3))

@@ -44,7 +44,7 @@ def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, cop
     run = copy_run(tiny_run)
     res = CliRunner().invoke(app, ["compute", str(run), "--plugin", str(plugin), "--type", "attention_to_first", "-q"])
     assert res.exit_code == 0, res.output
-    info, config = scalars._engine.load_run_model_config(run)
+    info, config = scalars._plan.load_run_model_config(run)
     default = scalars.build_run_probe("constant_tokens", run, info, config)
     assert default.batch_size == 4 and set(default.arrays["tokens"].ravel().tolist()) == {3}
     assert store.open_scalars(run)["attention_to_first"].attrs["probe_hash"] == default.content_hash
@@ -71,7 +71,7 @@ def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, cop
 
 def test_probe_options_and_heads_are_checked_in_one_place(plugin, tiny_run):
     scalars.load_plugin(str(plugin))
-    info, config = scalars._engine.load_run_model_config(tiny_run)
+    info, config = scalars._plan.load_run_model_config(tiny_run)
     with pytest.raises(ValueError, match=r"unknown constant_tokens probe option\(s\) \['T'\]; its options are: "
                                          r"batch, token"):
         scalars.build_run_probe("constant_tokens:T=3", tiny_run, info, config)

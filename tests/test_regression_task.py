@@ -170,7 +170,7 @@ def test_regression_types_through_the_engine(memorizing_run, copy_run):
     np.testing.assert_array_equal(ds.pos.values, np.arange(8))
     np.testing.assert_array_equal(ds.step.values, [0, 30, 60, 90])
     # the stored values equal a direct computation from the checkpoint and the probe's baselines
-    info, config = scalars._engine.load_run_model_config(run)
+    info, config = scalars._plan.load_run_model_config(run)
     probe = scalars.build_run_probe("regression", run, info, config)
     model = store.open_archive(run).load(90)
     from trainer.model import load_named_leaves
@@ -193,7 +193,7 @@ def test_regression_types_through_the_engine(memorizing_run, copy_run):
 
 
 def test_regression_probes_from_the_run(memorizing_run):
-    info, config = scalars._engine.load_run_model_config(memorizing_run)
+    info, config = scalars._plan.load_run_model_config(memorizing_run)
     a = scalars.build_run_probe("regression", memorizing_run, info, config)
     b = scalars.build_run_probe("regression", memorizing_run, info, config)
     pool = scalars.build_run_probe("regression_pool:batch=16", memorizing_run, info, config)

@@ -35,7 +35,7 @@ def classifier_probe(name, seed, batch=6):
 
 def types_for(config):  # paired-probe (patching) types have their own fast == naive tests in test_patching.py;
     # opt-in SGLD estimators (llc, rllc) have theirs in test_llc.py; neuron types need an MLP
-    from scalars._engine import applicable_types
+    from scalars._plan import applicable_types
 
     applies = set(applicable_types(config))
     return [t.name for t in scalars.list_types() if t.name in applies and t.probe != "default_pair"]

@@ -69,7 +69,7 @@ LM_TYPES = [t.name for t in scalars.list_types()  # SGLD estimators (opt-in): te
 
 @pytest.fixture(scope="module")
 def planted():
-    from scalars._engine import applicable_types
+    from scalars._plan import applicable_types
 
     model = planted_model()
     types = [n for n in LM_TYPES if n in applicable_types(model.config)]  # attention-only: no neuron types

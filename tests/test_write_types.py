@@ -92,7 +92,7 @@ def test_head_act_grad_approximates_the_zero_ablation_effect_for_small_heads():
 
 
 def test_neuron_types_are_refused_on_attention_only_models_and_left_out_of_all():
-    from scalars._engine import applicable_types
+    from scalars._plan import applicable_types
 
     attn_only = ModelConfig(n_layers=2, d_model=16, n_heads=2, vocab_size=20, n_ctx=16, attn_only=True)
     with pytest.raises(ValueError, match="this model is attention-only"):

@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import queue
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +21,6 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import store
@@ -33,10 +30,16 @@ from .sections import SeedConfig, TrainConfig
 from .interventions import intervention_cache, parse_interventions
 from .memory import check_fits
 from .metric_info import describe_metric
-from .model import build_model, load_named_leaves, named_leaves
+from .model import build_model, load_named_leaves
 from .run_info import run_info
 from .schedules import AdaptiveSaver, ScheduleSpec
 from .tasks_runtime import Task, build_task
+from ._train_writer import _HostCopy, _MetricsFlusher, _to_host, _Writer
+
+
+METRICS_FLUSH_SECONDS = 1.0
+"""Metric rows reach metrics.zarr at most this long after they are logged (and at the end). Rows
+not yet flushed when a checkpoint is saved go into its resume state, so a resumed run loses none."""
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
@@ -53,101 +56,6 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
         lr = after
     adam = optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay)
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adam) if tc.grad_clip else adam
-
-
-def _to_host(tree) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in jax.device_get(named_leaves(tree)).items()}
-
-
-class _HostCopy:
-    """`_to_host` for PyTrees shaped like `template`, with the leaf names worked out once: naming
-    the leaves by their paths cost five times the copy itself (1.4 ms vs 0.2 ms a checkpoint)."""
-
-    def __init__(self, template):
-        self.names = list(named_leaves(template))
-        self.batched = jax.default_backend() != "cpu"  # on the CPU, np.asarray alone is cheapest
-
-    def __call__(self, tree) -> dict[str, np.ndarray]:
-        leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if eqx.is_array(leaf)]
-        if len(leaves) != len(self.names):
-            raise ValueError(f"expected {len(self.names)} array leaves, got {len(leaves)}")
-        if self.batched:  # one batch of device-to-host transfers
-            leaves = jax.device_get(leaves)
-        return dict(zip(self.names, map(np.asarray, leaves)))
-
-
-METRICS_FLUSH_SECONDS = 1.0
-"""Metric rows reach metrics.zarr at most this long after they are logged (and at the end). Rows
-not yet flushed when a checkpoint is saved go into its resume state, so a resumed run loses none."""
-
-
-class _MetricsFlusher:
-    """Flushes a MetricsWriter when METRICS_FLUSH_SECONDS have passed (on the writer thread)."""
-
-    def __init__(self, metrics: store.MetricsWriter):
-        self.metrics, self.last = metrics, time.monotonic()
-
-    def append(self, rows: list[tuple[int, dict[str, float]]]) -> None:
-        for step, row in rows:
-            self.metrics.append(step, row)
-        self.flush_if_due()
-
-    def flush_if_due(self) -> None:
-        if time.monotonic() - self.last >= METRICS_FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        self.metrics.flush()
-        self.last = time.monotonic()
-
-
-def _lower_priority() -> None:
-    """Run the calling thread at the lowest CPU priority (Linux; elsewhere a no-op). XLA splits each
-    op of a train step over all cores, so a writer holding one core stalls the whole step; at low
-    priority it takes the idle moments between ops instead (measured in benchmarks/RESULTS.md)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
-
-
-class _Writer(threading.Thread):
-    """Background writer: metrics rows, resume state and checkpoints, strictly in submission order."""
-
-    def __init__(self, run_dir: Path, archive: store.ArchiveWriter, metrics: store.MetricsWriter):
-        super().__init__(daemon=True)
-        self.run_dir, self.archive, self.metrics = run_dir, archive, metrics
-        self.jobs: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.busy_s = 0.0
-
-    def run(self) -> None:
-        _lower_priority()
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue
-            t0 = time.perf_counter()
-            try:
-                job()
-            except BaseException as exc:  # surfaced in the training thread
-                self.error = exc
-            self.busy_s += time.perf_counter() - t0
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self.check()
-        self.jobs.put(job)
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        self.jobs.put(None)
-        self.join()
-        self.check()
 
 
 class TrainingDiverged(ValueError):
@@ -349,7 +257,7 @@ def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, s
     eval_fn = _make_eval_fn(task, static, task.eval_sets(seeds.eval_seed, tc.eval_size))
     writer = _Writer(run_dir, archive, metrics)
     writer.start()
-    flusher = _MetricsFlusher(metrics)
+    flusher = _MetricsFlusher(metrics, METRICS_FLUSH_SECONDS)
     params_to_host, opt_to_host = _HostCopy(params), _HostCopy(opt_state)
     pending: list[tuple[int, jax.Array]] = []  # (step, device loss) not yet on the host
     rows: dict[int, dict[str, float]] = {}  # metric rows not yet handed to the writer

@@ -20,7 +20,7 @@ import store
 from trainer.model import ModelConfig, Transformer, params_from_named
 
 from .._compute import model_template
-from .._engine import load_run_model_config
+from .._plan import load_run_model_config
 
 __all__ = ["CheckpointModel", "load_model", "resolve_step", "batched_aux"]
 

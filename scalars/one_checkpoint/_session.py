@@ -12,7 +12,7 @@ from typing import Any
 
 import store
 
-from .._engine import load_run_model_config
+from .._plan import load_run_model_config
 from .._run_probes import build_run_probe
 from ._cache import run_with_cache
 from ._edits import ablate_head, ablate_neuron, patch_head, patch_resid
