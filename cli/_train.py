@@ -28,11 +28,21 @@ def train_command(
                                                         "--out is then the parent dir; see docs/batch.md"),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="with --sweep: local worker processes"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="with --sweep: dask cluster tcp://HOST:PORT"),
+    plugin: list[str] = typer.Option([], "--plugin", help="a .py file registering tasks (trainer.tasks.register_task) "
+                                                          "or types; repeatable; see docs/extending.md"),
 ) -> None:
     """Train a small transformer on a synthetic task and write a dense checkpoint archive."""
     import store
     from trainer.config import resolve_config
     from trainer.train import train
+
+    if plugin and sweep:
+        raise ValueError("--plugin applies to a single run (sweep workers run in other processes); train the grid's "
+                         "runs one by one with --plugin, or package the task and register it on import")
+    for path in plugin:
+        import scalars
+
+        scalars.load_plugin(path)
 
     if sweep:
         if resume is not None or from_step is not None or show_config:

@@ -50,7 +50,6 @@ from ._probes import from_npy as from_npy
 from ._probes import from_regression_arrays as from_regression_arrays
 from ._probes import from_tokens as from_tokens
 from ._probes import repeated_tokens as repeated_tokens
-from ._registry import DEFAULT_PROBES as DEFAULT_PROBES
 from ._registry import TYPE_SETS as TYPE_SETS
 from ._registry import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._registry import DerivedScalarType as DerivedScalarType
@@ -68,7 +67,7 @@ from ._registry import unregister as unregister
 
 __all__ = [
     "dims", "register", "unregister", "get_type", "list_types", "load_plugin", "load_entry_point_plugins",
-    "DerivedScalarType", "type_shape", "type_coords", "type_attrs", "resolve_options", "probe_name", "DEFAULT_PROBES", "TYPE_SETS",
+    "DerivedScalarType", "type_shape", "type_coords", "type_attrs", "resolve_options", "probe_name", "TYPE_SETS",
     "ENTRY_POINT_GROUP", "Probe", "repeated_tokens", "from_tokens", "from_npy", "from_classifier_arrays",
     "from_regression_arrays",
     "detect_repeat_length",

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainer.model import ModelConfig, build_model
+from trainer.model import ModelConfig, build_model, model_head
 
 from ._context import Context
 from ._interventions import default_head_batching
@@ -30,7 +30,6 @@ __all__ = ["ComputeFn", "make_compute_fn", "make_block_compute_fn", "select_prob
            "stack_params"]
 
 ProbeArg = Probe | Mapping[str, Probe]
-_HEAD_WORDS = {"lm": "token language model", "classifier": "sequence classifier", "regression": "regression model"}
 
 
 def select_probe(
@@ -62,8 +61,8 @@ def check_types(types: Sequence[DerivedScalarType], config: ModelConfig) -> None
         raise ValueError(f"type(s) {', '.join(repeated)} requested more than once")
     for dst in types:
         if dst.requires is not None and dst.requires != config.head:
-            raise ValueError(f"type '{dst.name}' needs a {_HEAD_WORDS[dst.requires]}, but this model is a "
-                             f"{_HEAD_WORDS[config.head]}; drop it from the requested types")
+            raise ValueError(f"type '{dst.name}' needs a {model_head(dst.requires).words}, but this model is a "
+                             f"{model_head(config.head).words}; drop it from the requested types")
 
 
 def model_template(config: ModelConfig):

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from trainer.model import (ModelConfig, batched_unsupported, chunked_token_metrics, mlp_residual, run_blocks, unembed,
-                           unembed_chunks)
+from trainer.model import ModelConfig, batched_unsupported, mlp_residual, run_blocks
 
 from . import _interventions as iv
 
@@ -31,22 +30,6 @@ __all__ = ["head_ablation_metrics", "unsupported"]
 def unsupported(config: ModelConfig) -> str | None:
     """The first option of `config` this path does not compute exactly (the batched forward's), or None."""
     return batched_unsupported(config)
-
-def _metrics(model, resid: Float[Array, "B T d"], probe, chunks=None) -> tuple[Array, Array]:
-    """Probe loss and accuracy from the final residual, unembedding only the rows the metric reads
-    (a large vocabulary in chunks: `chunks` from `unembed_chunks`)."""
-    if probe.kind == "tokens":
-        target = probe.arrays["tokens"][:, 1:]
-        if chunks is not None:
-            return chunked_token_metrics(model, resid[:, :-1], target, chunks)
-        logits = unembed(model, resid[:, :-1])  # positions 0..S-2 predict tokens 1..S-1
-        correct = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-        loss = (jax.nn.logsumexp(logits, axis=-1) - correct).mean()
-        return loss, (jnp.argmax(logits, axis=-1) == target).astype(jnp.float32).mean()
-    if probe.kind == "classifier":  # only the query (last) position is scored
-        return iv.probe_metrics(unembed(model, resid[:, -1:]), probe)
-    return iv.probe_metrics(unembed(model, resid), probe)
-
 
 def _factored_mlp(block, resid_mid: Float[Array, "B T d"]):
     """`f(dz_h, W_O_h) -> resid_post` of the ablated layer, where the removed head's term enters the
@@ -85,7 +68,8 @@ def head_ablation_metrics(
     """Probe loss and accuracy with each single head's z replaced by 0 or its mean (no preservation)."""
     losses, accs = [], []
     clean_metrics = iv.probe_metrics(clean["logits"], probe)
-    chunks = unembed_chunks(model) if probe.kind == "tokens" else None
+    kind = probe.input_kind
+    chunks = kind.vocab_chunks(model)
     for layer, out in enumerate(clean["layer_outputs"]):
         block = model.blocks[layer]
         z = out["attn_output"]["z"]  # (B, H, T, e)
@@ -101,7 +85,7 @@ def head_ablation_metrics(
                 resid = mlp_residual(block, resid_mid - dz_h @ w_o)
             else:
                 resid = factored(dz_h, w_o)
-            metrics = _metrics(model, run_blocks(model, layer + 1, resid), probe, chunks)
+            metrics = kind.resid_metrics(model, run_blocks(model, layer + 1, resid), probe.arrays, chunks)
             # a head that removes nothing (a dead head: W_O = 0) has exactly the clean metrics
             removes = jnp.any(dz_h @ w_o != 0)
             return tuple(jnp.where(removes, m, c) for m, c in zip(metrics, clean_metrics))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from ._input_kinds import CLASSIFIER
 from ._interventions import map_heads, probe_metrics
 from ._registry import register
 
@@ -128,15 +129,23 @@ def induction_cache(probe, clean: dict, layer: int):
     return cache_of_head
 
 
+# which pattern each clamp plants: `cache_of_head` builders of layer `layer`, by clamp name
+PREV_TOKEN, INDUCTION = "prev_token", "induction"
+CLAMPS = {
+    PREV_TOKEN: lambda probe, clean, layer: prev_token_cache(clean, layer),
+    INDUCTION: induction_cache,
+}
+
+
 def clamp_losses(model, probe, clean: dict, which: str, head_batching: str = "map") -> Float[Array, "layer head"]:
-    """`prev_token_clamp_loss` (`which="prev_token"`) or `induction_clamp_loss` (`"induction"`) of every head."""
-    if probe.kind != "classifier":
+    """`prev_token_clamp_loss` (`which="prev_token"`) or `induction_clamp_loss` (`which` the
+    induction clamp) of every head (`CLAMPS`)."""
+    if probe.input_kind is not CLASSIFIER:
         raise ValueError(f"the {which} clamp needs a classifier probe (exemplar-label sequences); probe "
-                         f"'{probe.name}' holds tokens")
-    out = []
-    for layer in range(len(clean["layer_outputs"])):
-        cache_of_head = prev_token_cache(clean, layer) if which == "prev_token" else induction_cache(probe, clean, layer)
-        out.append(clamped_query_loss(model, probe, clean, layer, cache_of_head, head_batching))
+                         f"'{probe.name}' holds {probe.kind}")
+    clamp = CLAMPS[which]
+    out = [clamped_query_loss(model, probe, clean, layer, clamp(probe, clean, layer), head_batching)
+           for layer in range(len(clean["layer_outputs"]))]
     return jnp.stack(out)
 
 
@@ -145,7 +154,7 @@ def clamp_losses(model, probe, clean: dict, which: str, head_batching: str = "ma
                       "pattern (row i on i-1, row 0 on itself), everything else recomputed; the paper's progress "
                       "measure for a layer-0 previous-token head")
 def prev_token_clamp_loss(model, probe, clean, ctx):
-    return ctx.memo("prev_token_clamp", lambda: clamp_losses(model, probe, clean, "prev_token", ctx.head_batching))
+    return ctx.memo("prev_token_clamp", lambda: clamp_losses(model, probe, clean, PREV_TOKEN, ctx.head_batching))
 
 
 @register("induction_clamp_loss", dims=HEAD_DIMS, requires="classifier", units="nats",
@@ -153,4 +162,4 @@ def prev_token_clamp_loss(model, probe, clean, ctx):
                       "(all attention on the label after the context exemplar matching the query) and the other "
                       "heads of that layer removed (z = 0); the paper's progress measure for a layer-1 induction head")
 def induction_clamp_loss(model, probe, clean, ctx):
-    return ctx.memo("induction_clamp", lambda: clamp_losses(model, probe, clean, "induction", ctx.head_batching))
+    return ctx.memo("induction_clamp", lambda: clamp_losses(model, probe, clean, INDUCTION, ctx.head_batching))

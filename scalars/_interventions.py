@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from trainer.model import next_token_correct, next_token_losses, query_correct, query_loss, regression_losses
 
 __all__ = [
     "HeadBatching", "Preserve", "ABLATIONS", "probe_metrics", "map_heads", "ablation_value", "replace_heads",
@@ -37,14 +36,7 @@ def probe_metrics(logits: Float[Array, "B T V"], probe) -> tuple[Array, Array]:
     """Mean loss and accuracy of batched logits on the probe: next-token over positions 0..S-2
     for token probes (TransformerLens `return_type="loss"`), the query for classifier probes; for
     regression probes the mean squared error over all K predictions (accuracy NaN: undefined)."""
-    if probe.kind == "regression":
-        return jax.vmap(regression_losses)(logits, probe.arrays["ys"]).mean(), jnp.asarray(jnp.nan, jnp.float32)
-    if probe.kind == "tokens":
-        tokens = probe.arrays["tokens"]
-        return (jax.vmap(next_token_losses)(logits, tokens).mean(),
-                jax.vmap(next_token_correct)(logits, tokens).mean())
-    target = probe.arrays["labels"][:, -1]
-    return jax.vmap(query_loss)(logits, target).mean(), jax.vmap(query_correct)(logits, target).mean()
+    return probe.input_kind.metrics(logits, probe.arrays)
 
 
 def map_heads(fn: Callable[[Array], object], n: int, head_batching: str):

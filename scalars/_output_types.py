@@ -68,16 +68,7 @@ def direct_logit_attributions(
     result without the head's constant value write (`value_bias_writes`), as TransformerLens's
     default `fold_value_biases=True`."""
     W_U = model.unembed_matrix  # (d, V)
-    if probe.kind == "regression":  # one output: the direct effect on the prediction, at the x tokens
-        ys = probe.arrays["ys"]
-        positions = slice(0, None, 2)
-        direction = jnp.broadcast_to(W_U[:, 0], (*ys.shape, W_U.shape[0]))
-    else:
-        if probe.kind == "tokens":
-            correct, positions = probe.arrays["tokens"][:, 1:], slice(0, -1)
-        else:
-            correct, positions = probe.arrays["labels"][:, -1:], slice(-1, None)
-        direction = W_U.T[correct] - W_U.mean(1)  # (B, P, d)
+    direction, positions = probe.input_kind.logit_direction(W_U, probe.arrays)  # (B, P, d)
     ln = model.ln_final
     out = []
     for block, layer_out in zip(model.blocks, clean["layer_outputs"]):

@@ -11,13 +11,14 @@ there and `wrong_answers` (B, K) the wrong one (logit difference); metadata `met
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from ._input_kinds import CLASSIFIER, TOKENS, input_kind_of
 from ._probes import Probe, from_tokens, repeated_tokens
 
 if TYPE_CHECKING:
@@ -42,15 +43,13 @@ def check_metric(metric: Any, what: str) -> str:
 
 def is_pair(probe: Probe) -> bool:
     """Whether `probe` carries corrupted inputs and answers (a paired probe)."""
-    corrupt = ("corrupt_tokens",) if probe.kind == "tokens" else ("corrupt_examples", "corrupt_labels")
-    return all(k in probe.arrays for k in (*corrupt, *ANSWER_ARRAYS))
+    corrupt = probe.input_kind.corrupt
+    return bool(corrupt) and all(k in probe.arrays for k in (*corrupt, *ANSWER_ARRAYS))
 
 
 def corrupt_inputs(probe: Probe):
     """The corrupted inputs of a paired probe, batched like `probe.inputs`."""
-    if probe.kind == "tokens":
-        return probe.arrays["corrupt_tokens"]
-    return {"examples": probe.arrays["corrupt_examples"], "labels": probe.arrays["corrupt_labels"]}
+    return probe.input_kind.corrupt_inputs(probe.arrays)
 
 
 def metric_name(probe: Probe) -> str:
@@ -75,15 +74,17 @@ class PairProbe(Probe):
     def check(self, config: "ModelConfig") -> None:
         """ValueError if this pair cannot be fed to a model with `config` (shapes, ids, metric)."""
         super().check(config)
-        n_out = config.vocab_size if config.head == "lm" else config.n_labels
-        _validate(self.arrays, self.name, self.metric, n_out, self.seq_len)
+        _validate(self.arrays, self.name, self.metric, self.input_kind.n_outputs(config), self.seq_len)
 
 
 def _validate(arrays: Mapping[str, Any], name: str, metric: str, n_outputs: int | None, seq_len: int) -> None:
     """Host-side checks of a pair's arrays (numpy)."""
     check_metric(metric, f"paired probe '{name}'")
-    pairs = [("tokens", "corrupt_tokens")] if "tokens" in arrays else [("examples", "corrupt_examples"),
-                                                                          ("labels", "corrupt_labels")]
+    kind = input_kind_of(arrays)
+    pairs = list(zip(kind.arrays, kind.corrupt)) if kind is not None else []
+    if not pairs:
+        raise ValueError(f"paired probe '{name}' holds {kind.name if kind else 'no'} inputs, which have no "
+                         "corrupted form; pairs are token or classifier probes")
     for clean_key, corrupt_key in pairs:
         if corrupt_key not in arrays:
             raise ValueError(f"paired probe '{name}' has no '{corrupt_key}' array; build it with induction_pair, "
@@ -148,7 +149,7 @@ def induction_corruption(tokens, T: int, *, seed: int = SHUFFLE_SEED) -> dict[st
 def pair_from_repeated(probe: Probe, *, metric: str = "logit_diff", name: str | None = None,
                        seed: int = SHUFFLE_SEED) -> PairProbe:
     """The induction pair of a repeated-token probe (metadata T, S = 2T+1): see `induction_corruption`."""
-    T = probe.metadata.get("T") if probe.kind == "tokens" else None
+    T = probe.metadata.get("T") if probe.input_kind is TOKENS else None
     if T is None:
         raise ValueError(f"probe '{probe.name}' is not a repeated-token probe (BOS + T tokens + the same T); the "
                          "induction pair shuffles the second repeat, so build it from repeated_tokens")
@@ -191,7 +192,7 @@ def classifier_label_swap_pair(probe: Probe, *, n_labels: int, metric: str = "lo
                                name: str = "label_swap_pair") -> PairProbe:
     """A classifier probe vs the same sequences with the query's label swapped with another context
     label in the context (exemplars unchanged): in-context learning then points at the wrong label."""
-    if probe.kind != "classifier":
+    if probe.input_kind is not CLASSIFIER:
         raise ValueError(f"the label-swap pair needs a classifier probe (examples, labels); '{probe.name}' "
                          "holds tokens")
     if n_labels < 2:
@@ -215,15 +216,23 @@ def _derive_classifier(probe: Probe, n_labels: int, metric: str) -> PairProbe:
     return PairProbe(probe.name, {**probe.arrays, **extra}, {**probe.metadata, "pair": "label_swap", "metric": metric})
 
 
+# how a plain probe of each input kind becomes the pair patching reads (None: it cannot)
+_DERIVED_PAIRS: dict[str, Callable[[Probe, "ModelConfig"], "PairProbe | None"]] = {
+    TOKENS.name: lambda probe, config: (pair_from_repeated(probe, name=probe.name)
+                                        if probe.metadata.get("T") is not None else None),
+    CLASSIFIER.name: lambda probe, config: _derive_classifier(probe, config.n_labels, "logit_diff"),
+}
+
+
 def as_pair(probe: Probe, config: "ModelConfig", type_name: str) -> Probe:
     """The pair a patching type reads: `probe` itself if paired; a plain repeated-token probe gets
     the induction corruption, a plain classifier probe the label swap (same as the builders)."""
     if is_pair(probe):
         return probe
-    if probe.kind == "tokens" and probe.metadata.get("T") is not None:
-        return pair_from_repeated(probe, name=probe.name)
-    if probe.kind == "classifier":
-        return _derive_classifier(probe, config.n_labels, "logit_diff")
+    derive = _DERIVED_PAIRS.get(probe.input_kind.name)
+    pair = derive(probe, config) if derive is not None else None
+    if pair is not None:
+        return pair
     raise ValueError(f"type '{type_name}' needs a paired probe (clean and corrupted inputs); probe '{probe.name}' is "
                      "neither a pair nor repeated tokens; use --probe induction_pair or pair_from_arrays")
 

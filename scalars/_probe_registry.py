@@ -15,11 +15,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.model import ModelConfig
+from trainer.model import MODEL_HEADS, ModelConfig, model_head
 
 __all__ = ["ProbeRun", "ProbeBuilder", "register_probe", "unregister_probe", "list_probes", "get_probe_builder"]
 
-_HEADS = {"lm": "token language model", "classifier": "sequence classifier", "regression": "regression model"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +54,8 @@ class ProbeBuilder:
             known = ", ".join(self.options) or "none"
             raise ValueError(f"unknown {self.name} probe option(s) {unknown}; its options are: {known}")
         if self.requires is not None and self.requires != run.config.head:
-            raise ValueError(f"probe '{self.name}' needs a {_HEADS[self.requires]}; this run's model is a "
-                             f"{_HEADS.get(run.config.head, run.config.head)}")
+            raise ValueError(f"probe '{self.name}' needs a {model_head(self.requires).words}; this run's model "
+                             f"is a {model_head(run.config.head).words}")
         if "batch" in options and options["batch"] < 1:
             raise ValueError(f"probe option batch={options['batch']} must be a positive number of sequences")
         given = {**{k: v for k, v in self.options.items() if v is not None}, **options}
@@ -76,8 +75,8 @@ def register_probe(name: str, *, description: str, options: Mapping[str, int | N
     builder chooses, e.g. from the run's context length). `requires` is the model head the probe
     fits. Refuses a name that is already registered. Returns `fn` unchanged.
     """
-    if requires is not None and requires not in _HEADS:
-        raise ValueError(f"probe '{name}': requires must be one of {', '.join(_HEADS)} or None, got {requires!r}")
+    if requires is not None and requires not in MODEL_HEADS:
+        raise ValueError(f"probe '{name}': requires must be one of {', '.join(MODEL_HEADS)} or None, got {requires!r}")
     if not name.isidentifier() or name.startswith("default"):
         raise ValueError(f"probe name {name!r} must be a snake_case identifier not starting with 'default'")
 

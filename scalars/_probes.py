@@ -21,15 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer.model import model_head
+
+from ._input_kinds import CLASSIFIER, REGRESSION, TOKENS, InputKind, check_token_range, describe_kinds, input_kind_for_head, input_kind_of
+
 if TYPE_CHECKING:
     from trainer.model import ModelConfig
 
 __all__ = ["Probe", "repeated_tokens", "from_tokens", "from_npy", "from_classifier_arrays", "from_regression_arrays",
-           "detect_repeat_length"]
+           "detect_repeat_length", "probe_from_arrays", "read_npz"]
 
-TOKENS = "tokens"
-CLASSIFIER = "classifier"
-REGRESSION = "regression"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,45 +45,39 @@ class Probe:
     def __post_init__(self) -> None:
         object.__setattr__(self, "arrays", _pytypes.MappingProxyType(dict(self.arrays)))
         object.__setattr__(self, "metadata", _pytypes.MappingProxyType(dict(self.metadata)))
-        if "tokens" not in self.arrays and not {"examples", "labels"} <= set(self.arrays) \
-                and not {"xs", "ys"} <= set(self.arrays):
-            raise ValueError(
-                f"probe '{self.name}' needs a 'tokens' array (token models), 'examples' and 'labels' "
-                f"arrays (classifiers) or 'xs' and 'ys' arrays (regression), got {sorted(self.arrays)}"
-            )
+        if input_kind_of(self.arrays) is None:
+            raise ValueError(f"probe '{self.name}' needs the arrays of one input kind ({describe_kinds()}), "
+                             f"got {sorted(self.arrays)}")
+
+    @property
+    def input_kind(self) -> InputKind:
+        """What the arrays are and how a model reads and scores them (`scalars.INPUT_KINDS`)."""
+        return input_kind_of(self.arrays)
 
     @property
     def kind(self) -> str:
-        """'tokens', 'classifier' or 'regression'."""
-        if "tokens" in self.arrays:
-            return TOKENS
-        return REGRESSION if "xs" in self.arrays else CLASSIFIER
+        """The input kind's name: 'tokens', 'classifier' or 'regression'."""
+        return self.input_kind.name
 
     @property
     def inputs(self):
         """What the model's forward takes, batched: tokens (B, S), {"examples", "labels"} or {"xs", "ys"}."""
-        if self.kind == TOKENS:
-            return self.arrays["tokens"]
-        if self.kind == REGRESSION:
-            return {"xs": self.arrays["xs"], "ys": self.arrays["ys"]}
-        return {"examples": self.arrays["examples"], "labels": self.arrays["labels"]}
+        return self.input_kind.inputs(self.arrays)
 
     @property
     def batch_size(self) -> int:
-        return int(self.arrays[{TOKENS: "tokens", CLASSIFIER: "labels", REGRESSION: "ys"}[self.kind]].shape[0])
+        return self.input_kind.batch_size(self.arrays)
 
     @property
     def seq_len(self) -> int:
         """Positions the model sees: S for tokens, 2P-1 for P classifier items or K regression pairs."""
-        if self.kind == TOKENS:
-            return int(self.arrays["tokens"].shape[1])
-        return 2 * int(self.arrays["ys" if self.kind == REGRESSION else "labels"].shape[1]) - 1
+        return self.input_kind.seq_len(self.arrays)
 
     @property
     def n_pos(self) -> int:
         """Length of the `pos` dim: every sequence position, except regression probes, whose K
         predictions (context positions k = 0..K-1, at the x tokens) are the positions."""
-        return int(self.arrays["ys"].shape[1]) if self.kind == REGRESSION else self.seq_len
+        return self.input_kind.n_pos(self.arrays)
 
     @functools.cached_property
     def content_hash(self) -> str:
@@ -101,40 +96,17 @@ class Probe:
 
     def check(self, config: "ModelConfig") -> None:
         """Raise ValueError if this probe cannot be fed to a model with `config`."""
-        want = {"lm": TOKENS, "classifier": CLASSIFIER, "regression": REGRESSION}[config.head]
-        if self.kind != want:
-            model = {TOKENS: "token language model", CLASSIFIER: "sequence classifier",
-                     REGRESSION: "regression model"}[want]
-            raise ValueError(f"probe '{self.name}' holds {self.kind} inputs but the model is a {model}; use a {want} probe")
+        want = input_kind_for_head(config.head)
+        if self.input_kind is not want:
+            raise ValueError(f"probe '{self.name}' holds {self.kind} inputs but the model is a "
+                             f"{model_head(config.head).words}; use a {want.name} probe")
         if config.positional == "learned" and self.seq_len > config.n_ctx:
             raise ValueError(f"probe '{self.name}' has sequences of length {self.seq_len}, longer than the model's n_ctx={config.n_ctx}")
-        if self.kind == TOKENS:
-            _check_token_range(np.asarray(self.arrays["tokens"]), config.vocab_size, f"probe '{self.name}'")
-        elif self.kind == REGRESSION:
-            if np.shape(self.arrays["xs"])[-1] + 1 != config.d_in:
-                raise ValueError(f"probe '{self.name}' has x of size {np.shape(self.arrays['xs'])[-1]}, the model "
-                                 f"expects d_in - 1 = {config.d_in - 1}")
-        else:
-            ex, lab = np.asarray(self.arrays["examples"]), np.asarray(self.arrays["labels"])
-            if ex.shape[-1] != config.d_in:
-                raise ValueError(f"probe '{self.name}' has exemplars of size {ex.shape[-1]}, the model expects d_in={config.d_in}")
-            if lab.size and (lab.min() < 0 or lab.max() >= config.n_labels):
-                raise ValueError(
-                    f"probe '{self.name}' has labels in [{lab.min()}, {lab.max()}], the model has n_labels={config.n_labels}"
-                )
+        want.check(self, config)
 
     def __repr__(self) -> str:
         shapes = {k: tuple(np.shape(v)) for k, v in self.arrays.items()}
         return f"Probe({self.name!r}, {shapes}, metadata={dict(self.metadata)})"
-
-
-def _check_token_range(tokens: np.ndarray, vocab_size: int | None, what: str) -> None:
-    if vocab_size is not None and tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
-        raise ValueError(
-            f"{what} has token ids outside the vocabulary 0..{vocab_size - 1} (e.g. {int(bad.flat[0])}); "
-            "check that the tokens belong to this model"
-        )
 
 
 def repeated_tokens(*, seed: int = 0, batch: int = 16, T: int = 32, vocab_size: int, bos: int = 0) -> Probe:
@@ -174,7 +146,7 @@ def from_tokens(tokens, *, name: str = "tokens", T: int | None = None, vocab_siz
         raise ValueError(f"token probe '{name}' must hold integer token ids, got dtype {arr.dtype}")
     if arr.shape[0] < 1 or arr.shape[1] < 2:
         raise ValueError(f"token probe '{name}' needs at least one sequence of two tokens, got shape {arr.shape}")
-    _check_token_range(arr, vocab_size, f"token probe '{name}'")
+    check_token_range(arr, vocab_size, f"token probe '{name}'")
     meta = dict(metadata or {})
     if T is not None:
         if arr.shape[1] != 2 * T + 1:
@@ -242,6 +214,22 @@ def from_regression_arrays(xs, ys, *, name: str = "regression", metadata: Mappin
             raise ValueError(f"regression probe '{name}': array '{key}' must have {x.shape[0]} rows, got {value.shape}")
         arrays[key] = value
     return Probe(name, arrays, dict(metadata or {}))
+
+
+# how each input kind's arrays become a validated probe (the one loader of probe arrays and files)
+_FROM_ARRAYS = {
+    TOKENS.name: lambda arrays, name, metadata: from_tokens(arrays["tokens"], name=name, metadata=metadata),
+    CLASSIFIER.name: lambda arrays, name, metadata: from_classifier_arrays(name=name, metadata=metadata, **arrays),
+    REGRESSION.name: lambda arrays, name, metadata: from_regression_arrays(name=name, metadata=metadata, **arrays),
+}
+
+
+def probe_from_arrays(arrays: Mapping[str, Any], *, name: str, metadata: Mapping[str, Any] | None = None) -> Probe:
+    """A validated probe of the input kind whose arrays `arrays` holds (`input_kind_of`)."""
+    kind = input_kind_of(arrays)
+    if kind is None:
+        raise ValueError(f"probe '{name}' holds arrays {sorted(arrays)}; a probe holds {describe_kinds()}")
+    return _FROM_ARRAYS[kind.name](dict(arrays), name, metadata)
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trainer.metric_info import METRIC_PREFIXES
+from trainer.model import MODEL_HEADS, model_head
 
+from ._input_kinds import input_kind_for_head
 from .dims import TYPE_DIMS, dim_coords, dim_size
 
 if TYPE_CHECKING:
@@ -45,18 +47,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DerivedScalarType", "register", "unregister", "get_type", "list_types", "load_plugin",
     "load_entry_point_plugins", "type_shape", "type_coords", "resolve_options", "probe_name",
-    "ENTRY_POINT_GROUP", "DEFAULT_PROBES", "type_attrs", "TYPE_SETS", "expand_type_names",
+    "ENTRY_POINT_GROUP", "DEFAULT_ROLES", "type_attrs", "TYPE_SETS", "expand_type_names",
 ]
 
 ENTRY_POINT_GROUP = "derived_scalars.types"
-# the probe a type declared with probe="default" uses, per model head
-DEFAULT_PROBES = {"lm": "repeated_tokens", "classifier": "icl", "regression": "regression"}
-# the probe a type declared with probe="default_train" uses: the run's training distribution where
-# there is one (SGLD estimators); DEFAULT_PROBES otherwise
-DEFAULT_TRAIN_PROBES = {"regression": "regression_pool"}
-# the paired probe a type declared with probe="default_pair" uses (patching types)
-DEFAULT_PAIR_PROBES = {"lm": "induction_pair", "classifier": "label_swap_pair"}
-HEADS = ("lm", "classifier", "regression")
+# the probe roles a type can declare instead of a probe name: the run's default probe, its
+# paired probe (patching types) and its training distribution (SGLD estimators); each model
+# head's input kind names its probes for them (`InputKind.default`), a run's task may override
+DEFAULT_ROLES = ("default", "default_pair", "default_train")
 _SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 
@@ -65,7 +63,7 @@ class DerivedScalarType:
     """A registered type: its math (`fn`) and everything the engine and the store need to know.
 
     `probe` names the probe the type reads (`"default"`: the run's default probe for its head,
-    see `DEFAULT_PROBES`; None: a weight-only type that needs no forward). `requires` is the
+    see `DEFAULT_ROLES`; None: a weight-only type that needs no forward). `requires` is the
     model head it needs ("lm", "classifier", "regression" or None for any). `options` are the
     type's own settings with their defaults; `sizes` gives lengths of dims the engine cannot size
     itself. `opt_in` types (costly estimators such as SGLD) are computed only when named, never by
@@ -116,8 +114,9 @@ def _validate(dst: DerivedScalarType) -> None:
                 f"type '{name}' has unknown dim {d!r}; use one of {', '.join(TYPE_DIMS)} "
                 f"(or give its size with sizes={{{d!r}: N}})"
             )
-    if dst.requires not in (None, *HEADS):
-        raise ValueError(f"type '{name}': requires must be None, 'lm', 'classifier' or 'regression', got {dst.requires!r}")
+    if dst.requires is not None and dst.requires not in MODEL_HEADS:
+        raise ValueError(f"type '{name}': requires must be None or a model head ({', '.join(MODEL_HEADS)}), "
+                         f"got {dst.requires!r}")
     if dst.probe is not None and (not isinstance(dst.probe, str) or not dst.probe):
         raise ValueError(f"type '{name}': probe must be a probe name, 'default' or None, got {dst.probe!r}")
     if not isinstance(dst.version, int) or dst.version < 1:
@@ -247,16 +246,10 @@ def code_fingerprint(fn: Callable) -> str:
 
 
 def resolve_default_probe(name: str, head: str) -> str | None:
-    """`name` with `default`, `default_pair` and `default_train` replaced by the probe of that role
-    for a model `head` (the tables above: the one place the defaults live); None where a head has
-    no probe of the role (no paired probe for regression); other names unchanged."""
-    if name == "default":
-        return DEFAULT_PROBES[head]
-    if name == "default_pair":
-        return DEFAULT_PAIR_PROBES.get(head)
-    if name == "default_train":
-        return DEFAULT_TRAIN_PROBES.get(head, DEFAULT_PROBES[head])
-    return name
+    """`name` with a role of `DEFAULT_ROLES` replaced by the probe of that role for a model `head`
+    (its input kind's); None where the kind has no probe of the role (no paired probe for
+    regression); other names unchanged."""
+    return input_kind_for_head(head).default(name) if name in DEFAULT_ROLES else name
 
 
 def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:
@@ -265,7 +258,7 @@ def probe_name(dst: DerivedScalarType, config: "ModelConfig") -> str | None:
         return None
     name = resolve_default_probe(dst.probe, config.head)
     if name is None:
-        raise ValueError(f"type '{dst.name}' reads a paired probe, and a {config.head} model has none")
+        raise ValueError(f"type '{dst.name}' reads a paired probe, and a {model_head(config.head).words} has none")
     return name
 
 
@@ -338,7 +331,7 @@ def load_plugin(path: str | Path) -> list[str]:
         sys.modules.pop(mod_name, None)
         what = f"called sys.exit({e.code!r}) while being imported" if isinstance(e, SystemExit) else \
             f"raised {type(e).__name__}: {e}"
-        raise ValueError(f"plugin {str(path)!r} {what}; a plugin file should only define and register types") \
+        raise ValueError(f"plugin {str(path)!r} {what}; a plugin file should only define and register types, probes or tasks") \
             from None
     added = sorted(set(_REGISTRY) - before)
     _LOADED_PLUGINS[key] = added

@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from trainer.model import ModelConfig
+from trainer.model import ModelConfig, model_head
 
+from ._input_kinds import CLASSIFIER, TOKENS, input_kind_for_head
 from ._probes import read_npz
 from ._pairs import PairProbe, classifier_label_swap_pair, pair_from_arrays, pair_from_npy, pair_from_repeated
 
@@ -24,7 +25,14 @@ PAIR_NAMES = ("induction_pair", "label_swap_pair")
 
 
 def _vocab(config: ModelConfig) -> int | None:
-    return config.vocab_size if config.head == "lm" else None
+    return input_kind_for_head(config.head).vocab(config)
+
+
+def _require(kind, config: ModelConfig, what: str, instead: str) -> None:
+    """ValueError unless the run's model reads `kind` inputs: `what` needs a `kind.head` model."""
+    if input_kind_for_head(config.head) is not kind:
+        raise ValueError(f"{what} needs a {model_head(kind.head).words}; this run is a "
+                         f"{model_head(config.head).words}{instead}")
 
 
 def _npz_pair(path: Path, config: ModelConfig) -> PairProbe | None:
@@ -44,8 +52,7 @@ def build_run_pair(name: str, run_dir: str | Path, info: dict, config: ModelConf
 
     if "," in name and name.endswith(".npy") and name.split(",")[0].endswith(".npy"):
         clean, _, corrupt = name.partition(",")
-        if config.head != "lm":
-            raise ValueError("a .npy token pair needs a token language model; this run is a classifier")
+        _require(TOKENS, config, "a .npy token pair", "")
         pair = pair_from_npy(clean, corrupt, vocab_size=_vocab(config))
         pair.check(config)
         return pair
@@ -59,15 +66,11 @@ def build_run_pair(name: str, run_dir: str | Path, info: dict, config: ModelConf
         return pair
     base, opts = _options(name)
     if base == "induction_pair":
-        if config.head != "lm":
-            raise ValueError("probe 'induction_pair' needs a token language model; this run is a classifier, "
-                             "use label_swap_pair")
+        _require(TOKENS, config, "probe 'induction_pair'", ", use label_swap_pair")
         plain = build_run_probe("repeated_tokens" + name[len(base):], run_dir, info, config)
         pair = pair_from_repeated(plain, name="induction_pair")
     elif base == "label_swap_pair":
-        if config.head != "classifier":
-            raise ValueError("probe 'label_swap_pair' needs a sequence classifier; this run is a token language "
-                             "model, use induction_pair")
+        _require(CLASSIFIER, config, "probe 'label_swap_pair'", ", use induction_pair")
         if opts:
             raise ValueError(f"probe 'label_swap_pair' takes no options, got {name!r}; it swaps labels in the run's "
                              "default classifier probe")

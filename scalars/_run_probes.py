@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.model import ModelConfig
+from trainer.model import ModelConfig, model_head
+from trainer.tasks import task_offers_eval_set_probes
 
 from ._icl_probes import split_stride, stored_icl_dynamics_probe, take_every
 from ._probe_registry import ProbeRun, get_probe_builder, list_probes, register_probe
-from ._probes import (Probe, from_classifier_arrays, from_npy, from_regression_arrays, from_tokens, read_npz,
+from ._input_kinds import CLASSIFIER, REGRESSION, describe_kinds, input_kind_for_head, input_kind_of
+from ._probes import (Probe, from_classifier_arrays, from_npy, from_regression_arrays, probe_from_arrays, read_npz,
                       repeated_tokens)
 from ._registry import resolve_default_probe
 from ._run_pairs import build_run_pair
@@ -48,42 +50,24 @@ def _options(text: str) -> tuple[str, dict[str, int]]:
     return name, opts
 
 
-def _is_classifier_icl_dynamics(info: dict) -> bool:
-    task = info.get("config", {}).get("task", {})
-    return info.get("source") == "icl-dynamics" or bool(task.get("icl_dynamics_mode"))
-
-
 def resolve_probe_name(name: str, info: dict, config: ModelConfig) -> str:
     """The concrete probe name for `default`, `default_pair` and `default_train` on this run: the
-    registry's defaults for the model head (`resolve_default_probe`), except that a classifier run
-    of the icl-dynamics task defaults to that task's own probe set; other names unchanged."""
-    if name in ("default", "default_train") and config.head == "classifier" and _is_classifier_icl_dynamics(info):
-        return "icl_dynamics"
-    # a head without a paired probe (regression) gets the classifier's, whose builder says why not
-    return resolve_default_probe(name, config.head) or "label_swap_pair"
+    run's task's own choice (`Task.probe_defaults`: the icl-dynamics format reads its paper's
+    probe set), else the model head's input kind's (`resolve_default_probe`); other names unchanged."""
+    from trainer.tasks import task_probe_defaults
+
+    chosen = task_probe_defaults(info.get("config", {})).get(name)
+    if chosen is not None:
+        return chosen
+    # a kind without a paired probe (regression) gets the classifier's, whose builder says why not
+    return resolve_default_probe(name, config.head) or CLASSIFIER.default_pair
 
 
 def _stored_probe(run_dir: Path, name: str) -> Probe | None:
     path = run_dir / PROBE_DIR / f"{name}.npz"
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    if "tokens" in arrays:
-        return from_tokens(arrays["tokens"], name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"})
-    if "xs" in arrays:
-        return from_regression_arrays(name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"}, **arrays)
-    return from_classifier_arrays(name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"}, **arrays)
-
-
-# what a probe .npz holds, by the arrays it must have: token, regression or classifier probes
-_NPZ_KINDS = {
-    "tokens": (("tokens",), lambda path, a: from_tokens(a["tokens"], name=path.stem, metadata={"source": path.name})),
-    "regression": (("xs", "ys"), lambda path, a: from_regression_arrays(
-        name=path.stem, metadata={"source": path.name}, **a)),
-    "classifier": (("examples", "labels"), lambda path, a: from_classifier_arrays(
-        name=path.stem, metadata={"source": path.name}, **a)),
-}
+    return probe_from_arrays(read_npz(path), name=name, metadata={"source": f"{PROBE_DIR}/{name}.npz"})
 
 
 def build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelConfig) -> Probe:
@@ -132,7 +116,7 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
     if pair is not None:
         return pair
     if name.endswith(".npy"):
-        probe = from_npy(name, vocab_size=config.vocab_size if config.head == "lm" else None)
+        probe = from_npy(name, vocab_size=input_kind_for_head(config.head).vocab(config))
         probe.check(config)
         return probe
     if name.endswith(".npz"):
@@ -140,11 +124,9 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
         if not path.is_file():
             raise ValueError(f"probe file {name!r} does not exist")
         arrays = read_npz(path)
-        kind = next((k for k in _NPZ_KINDS if set(_NPZ_KINDS[k][0]) <= set(arrays)), None)
-        if kind is None:
-            wanted = "; ".join(f"{', '.join(keys)} ({k})" for k, (keys, _) in _NPZ_KINDS.items())
-            raise ValueError(f"probe file {name!r} holds arrays {sorted(arrays)}; a probe .npz holds {wanted}")
-        probe = _NPZ_KINDS[kind][1](path, arrays)
+        if input_kind_of(arrays) is None:
+            raise ValueError(f"probe file {name!r} holds arrays {sorted(arrays)}; a probe .npz holds {describe_kinds()}")
+        probe = probe_from_arrays(arrays, name=path.stem, metadata={"source": path.name})
         probe.check(config)
         return probe
     base, opts = _options(name)
@@ -155,17 +137,14 @@ def _build_run_probe(name: str, run_dir: str | Path, info: dict, config: ModelCo
     builder = get_probe_builder(base)
     if builder is not None:
         return builder.build(ProbeRun(run_dir, info, config), opts)
-    if config.head == "classifier":  # the run's own evaluation sets, by name
+    if task_offers_eval_set_probes(info.get("config", {})):  # the run's own evaluation sets, by name
         return _eval_set_probe(base, opts, ProbeRun(run_dir, info, config))
     what = "a directory, not a probe file" if Path(name).is_dir() else "not a probe name this run knows"
     known = ", ".join(b.name for b in list_probes(config.head))
-    pairs = "induction_pair" if config.head == "lm" else "label_swap_pair" if config.head == "classifier" else ""
-    raise ValueError(f"probe '{base}' is {what}; for this {_HEAD_WORDS[config.head]} use {known}"
+    pairs = input_kind_for_head(config.head).default_pair
+    raise ValueError(f"probe '{base}' is {what}; for this {model_head(config.head).words} use {known}"
                      f"{', ' + pairs if pairs else ''}, or a .npy/.npz probe file (register more with "
                      "scalars.register_probe in a --plugin)")
-
-
-_HEAD_WORDS = {"lm": "token language model", "classifier": "sequence classifier", "regression": "regression model"}
 
 
 @register_probe("repeated_tokens", options={"batch": 16, "T": None, "seed": 0}, requires="lm",
@@ -194,7 +173,7 @@ def _icl_dynamics(run: ProbeRun) -> Probe:
 
 
 def _run_task(run: ProbeRun, probe: str):
-    from trainer.tasks_runtime import build_task
+    from trainer.tasks import build_task
 
     if "task" not in run.run_config:
         raise ValueError(f"run '{run.run_dir}' stores no task config to rebuild probe '{probe}' from; "
@@ -203,20 +182,20 @@ def _run_task(run: ProbeRun, probe: str):
 
 
 def _eval_set_probe(base: str, opts: dict, run: ProbeRun) -> Probe:
-    """A classifier run's evaluation set `base`, regenerated from its task config and eval seed."""
-    from trainer.tasks import make_eval_sets
-
+    """The run's evaluation set `base` (its task offers them as probes), regenerated from its task
+    config and eval seed."""
     unknown = sorted(set(opts) - {"batch"})
     if unknown:
         raise ValueError(f"unknown evaluation-set probe option(s) {unknown}; use batch")
     task = _run_task(run, base)
-    sets = make_eval_sets(task.cfg, task.data, run.eval_seed, opts.get("batch", EVAL_SET_SIZE))
+    sets = task.eval_sets(run.eval_seed, opts.get("batch", EVAL_SET_SIZE))
     if base not in sets:
         raise ValueError(f"unknown probe '{base}' for this run; its evaluation sets are {', '.join(sorted(sets))}"
-                         f", its other probes {', '.join(b.name for b in list_probes('classifier'))}")
+                         f", its other probes {', '.join(b.name for b in list_probes(run.config.head))}")
     batch = {k: np.asarray(v) for k, v in sets[base].items()}
-    probe = from_classifier_arrays(batch["examples"], batch["labels"], name=base,
-                                   metadata={"kind": "eval_set", "eval_seed": run.eval_seed})
+    kind = input_kind_of(batch)
+    probe = probe_from_arrays({k: batch[k] for k in kind.arrays}, name=base,
+                              metadata={"kind": "eval_set", "eval_seed": run.eval_seed})
     probe.check(run.config)
     return probe
 
@@ -225,18 +204,18 @@ def _regression_builder(base: str, which: str, what: str) -> None:
     """`regression` (fresh Gaussian tasks) or `regression_pool` (the run's training tasks), with
     the ridge and dMMSE predictions, rebuilt from the run's task config and eval seed."""
 
-    @register_probe(base, options={"batch": EVAL_SET_SIZE, "seed": None}, requires="regression",
+    @register_probe(base, options={"batch": EVAL_SET_SIZE, "seed": None}, requires=REGRESSION.head,
                     description=f"{what} with the ridge and dMMSE predictions (seed: the run's eval seed)")
     def build(run: ProbeRun, *, batch: int, seed: int | None = None) -> Probe:
-        from trainer.tasks import regression_eval_batch
+        from trainer.tasks import RegressionTaskConfig, regression_eval_batch
 
-        if run.run_config.get("task", {}).get("kind") != "regression":
+        task = _run_task(run, base) if "task" in run.run_config else None
+        if task is None or not isinstance(task.cfg, RegressionTaskConfig):
             raise ValueError(f"run '{run.run_dir}' stores no regression task config to rebuild probe '{base}' from; "
                              "pass a probe file (.npz with xs, ys)")
-        task = _run_task(run, base)
         seed = run.eval_seed if seed is None else seed
         arrays = regression_eval_batch(task.cfg, seed, batch, which)
-        meta = {"kind": "regression", "set": which, "eval_seed": seed, "n_tasks": task.cfg.n_tasks,
+        meta = {"kind": REGRESSION.name, "set": which, "eval_seed": seed, "n_tasks": task.cfg.n_tasks,
                 "noise_var": task.cfg.noise_var}
         return from_regression_arrays(name=base, metadata=meta, **arrays)
 

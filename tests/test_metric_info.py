@@ -38,7 +38,7 @@ def test_no_metric_a_task_logs_is_named_like_a_scalar_type(preset, overrides):
     """Every eval metric of every task starts with a prefix that the registry keeps from types."""
     from trainer.config import resolve_config
     from trainer.model import build_model
-    from trainer.tasks_runtime import build_task
+    from trainer.tasks import build_task
 
     task = build_task(resolve_config(preset, None, overrides))
     model = build_model(task.model_config)

@@ -21,7 +21,7 @@ from trainer.tasks import (
     sample_batch,
     task_pool,
 )
-from trainer.tasks_runtime import build_task
+from trainer.tasks import build_task
 
 
 # -- references, written independently of the implementation --------------------------------------

@@ -126,7 +126,14 @@ def resolve_config(preset: str | None = None, config_file: str | None = None, ov
                 raise ValueError(f"config file names unknown preset '{base_name}'; known presets: {', '.join(sorted(PRESETS))}")
             config = copy.deepcopy(PRESETS[base_name])
             config["preset"] = base_name
-        config = merge(config, {k: v for k, v in loaded.items() if k != "preset"})
+        loaded = {k: v for k, v in loaded.items() if k != "preset"}
+        task = loaded.get("task")
+        if isinstance(task, dict) and task.get("kind", config["task"].get("kind")) != config["task"].get("kind"):
+            # another task kind (a mixture, a plugin's task): its section replaces the preset's whole,
+            # and the task's own config dataclass supplies the defaults and refuses unknown keys
+            config["task"] = copy.deepcopy(task)
+            loaded.pop("task")
+        config = merge(config, loaded)
     config = apply_overrides(config, overrides or [])
     validate(config)
     return config
@@ -134,7 +141,7 @@ def resolve_config(preset: str | None = None, config_file: str | None = None, ov
 
 def validate(config: dict) -> None:
     """Build every typed config once so that bad values fail now, before anything is written."""
-    from .tasks_runtime import build_task  # local: tasks import jax
+    from .tasks import build_task  # local: tasks import jax
 
     TrainConfig(**config["train"])
     SeedConfig(**config["seeds"])

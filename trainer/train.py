@@ -33,7 +33,7 @@ from .metric_info import describe_metric
 from .model import build_model, load_named_leaves
 from .run_info import run_info
 from .schedules import AdaptiveSaver, ScheduleSpec
-from .tasks_runtime import Task, build_task
+from .tasks import Task, build_task
 from ._train_writer import _HostCopy, _MetricsFlusher, _to_host, _Writer
 
 

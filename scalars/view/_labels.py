@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from .._probes import Probe
 
@@ -25,18 +23,4 @@ def position_labels(n: int) -> list[str]:
 
 def axis_labels(probe: "Probe") -> tuple[list[str], str]:
     """(one label per position, a note saying where the labels come from)."""
-    if probe.kind == "tokens":
-        tokens = np.asarray(probe.arrays["tokens"])
-        bos = probe.metadata.get("bos")
-        first = tokens[0]
-        labels = ["BOS" if bos is not None and int(t) == int(bos) else str(int(t)) for t in first]
-        b = tokens.shape[0]
-        if b == 1 or bool((tokens == first).all()):
-            return labels, f"tokens of probe '{probe.name}'"
-        note = f"tokens of sequence 0 of the {b} sequences of probe '{probe.name}'; values are the mean over all {b}"
-        return labels, note
-    n_items = (probe.seq_len + 1) // 2
-    last = "q" if probe.kind == "classifier" else f"x{n_items - 1}"
-    labels = [f"{'x' if i % 2 == 0 else 'y'}{i // 2}" for i in range(probe.seq_len - 1)] + [last]
-    what = "exemplar x / label y" if probe.kind == "classifier" else "input x / target y"
-    return labels, f"positions of probe '{probe.name}' ({what}; mean over {probe.batch_size} sequences)"
+    return probe.input_kind.position_labels(probe)

@@ -16,6 +16,13 @@ from ._batched import run_blocks as run_blocks
 from ._batched import unembed as unembed
 from ._batched import unembed_chunks as unembed_chunks
 from ._config import ModelConfig as ModelConfig
+from ._head_registry import MODEL_HEADS as MODEL_HEADS
+from ._head_registry import ModelHead as ModelHead
+from ._head_registry import model_head as model_head
+from ._head_registry import register_head as register_head
+from ._heads import ClassifierEmbed as ClassifierEmbed
+from ._heads import RegressionEmbed as RegressionEmbed
+from ._heads import TokenEmbed as TokenEmbed
 from ._layers import MASKED_SCORE as MASKED_SCORE
 from ._layers import MLP as MLP
 from ._layers import Attention as Attention
@@ -33,8 +40,8 @@ from ._params import named_leaves as named_leaves
 from ._params import named_shapes as named_shapes
 from ._params import params_from_named as params_from_named
 from ._transformer import Transformer as Transformer
-from ._transformer import interleave_exemplars as interleave_exemplars
-from ._transformer import regression_tokens as regression_tokens
+from ._heads import interleave_exemplars as interleave_exemplars
+from ._heads import regression_tokens as regression_tokens
 from .losses import next_token_correct as next_token_correct
 from .losses import next_token_losses as next_token_losses
 from .losses import query_correct as query_correct

@@ -10,15 +10,15 @@ import dataclasses
 import json
 from typing import Any, Literal
 
+from ._head_registry import model_head
+
 Activation = Literal["gelu_new", "gelu", "relu", "swiglu"]
 Positional = Literal["learned", "rope", "none"]
-Head = Literal["lm", "classifier", "regression"]
 Norm = Literal["layernorm", "rmsnorm"]
 RopeLayout = Literal["interleaved", "half"]
 
 ACTIVATIONS = ("gelu_new", "gelu", "relu", "swiglu")
 POSITIONALS = ("learned", "rope", "none")
-HEADS = ("lm", "classifier", "regression")
 NORMS = ("layernorm", "rmsnorm")
 ROPE_LAYOUTS = ("interleaved", "half")
 
@@ -42,7 +42,7 @@ class ModelConfig:
     n_heads: int = 4
     d_mlp: int | None = None  # default 4 * d_model
     n_ctx: int = 128  # maximum sequence length (learned positions)
-    head: Head = "lm"
+    head: str = "lm"  # a registered model head (`MODEL_HEADS`): lm, classifier, regression
     vocab_size: int = 64  # lm head
     d_in: int = 0  # classifier head: exemplar vector size; regression head: token size dim(x) + 1
     n_labels: int = 0  # classifier head: number of labels
@@ -81,8 +81,7 @@ class ModelConfig:
             raise ValueError(f"unknown model.activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
         if self.positional not in POSITIONALS:
             raise ValueError(f"unknown model.positional {self.positional!r}; choose one of {', '.join(POSITIONALS)}")
-        if self.head not in HEADS:
-            raise ValueError(f"unknown model.head {self.head!r}; choose one of {', '.join(HEADS)}")
+        head = model_head(self.head)
         if self.norm not in NORMS:
             raise ValueError(f"unknown model.norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.rope_layout not in ROPE_LAYOUTS:
@@ -96,21 +95,7 @@ class ModelConfig:
                                             or self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
             raise ValueError(f"model.n_kv_heads must be a positive divisor of model.n_heads ({self.n_heads}) or null, "
                              f"got {self.n_kv_heads!r}")
-        if self.head == "lm" and self.vocab_size <= 0:
-            raise ValueError(f"model.vocab_size must be positive for a language model, got {self.vocab_size}")
-        if self.head == "classifier":
-            if self.d_in <= 0 or self.n_labels <= 1:
-                raise ValueError(
-                    f"a classifier needs model.d_in > 0 and model.n_labels > 1, got d_in={self.d_in}, "
-                    f"n_labels={self.n_labels}"
-                )
-            if self.tied_unembed:
-                raise ValueError("a classifier cannot tie its unembedding to a token embedding; set tied_unembed=false")
-        if self.head == "regression":
-            if self.d_in < 2:
-                raise ValueError(f"a regression model needs model.d_in = dim(x) + 1 >= 2, got d_in={self.d_in}")
-            if self.tied_unembed:
-                raise ValueError("a regression model has no token embedding to tie; set tied_unembed=false")
+        head.validate(self)
         if self.ln_eps <= 0:
             raise ValueError(f"model.ln_eps must be positive, got {self.ln_eps}")
 
@@ -134,7 +119,7 @@ class ModelConfig:
 
     @property
     def n_outputs(self) -> int:
-        return {"lm": self.vocab_size, "classifier": self.n_labels, "regression": 1}[self.head]
+        return model_head(self.head).n_outputs(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

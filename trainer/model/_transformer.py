@@ -11,68 +11,13 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from ._aux import Cache, ModuleWithAux, layer_cache, make_cache_assign, sub_cache
 from ._config import ModelConfig
+from ._head_registry import model_head
+from ._heads import ClassifierEmbed, RegressionEmbed, TokenEmbed
 from ._layers import Block, LayerNorm, _normal, norm_for
-
-
-class TokenEmbed(eqx.Module):
-    """Token embedding table and optional learned position embeddings (GPT-2's wte and wpe)."""
-
-    W_E: Float[Array, "V d"]
-    W_pos: Float[Array, "n_ctx d"] | None
-
-    def __init__(self, cfg: ModelConfig, *, key):
-        k_e, k_p = jax.random.split(key)
-        self.W_E = _normal(k_e, (cfg.vocab_size, cfg.d_model), cfg.init_std)
-        self.W_pos = _normal(k_p, (cfg.n_ctx, cfg.d_model), cfg.init_std) if cfg.positional == "learned" else None
-
-
-class ClassifierEmbed(eqx.Module):
-    """Exemplars through a linear map with bias, labels through a bias-free table (one-hot map)."""
-
-    W_ex: Float[Array, "d_in d"]
-    b_ex: Float[Array, " d"]
-    W_lab: Float[Array, "C d"]
-    W_pos: Float[Array, "n_ctx d"] | None
-
-    def __init__(self, cfg: ModelConfig, *, key):
-        k_x, k_l, k_p = jax.random.split(key, 3)
-        self.W_ex = _normal(k_x, (cfg.d_in, cfg.d_model), cfg.d_in**-0.5)
-        self.b_ex = jnp.zeros((cfg.d_model,), jnp.float32)
-        self.W_lab = _normal(k_l, (cfg.n_labels, cfg.d_model), cfg.init_std)
-        self.W_pos = _normal(k_p, (cfg.n_ctx, cfg.d_model), cfg.init_std) if cfg.positional == "learned" else None
-
-
-class RegressionEmbed(eqx.Module):
-    """(x, y) tokens of size d_in = dim(x) + 1 through one linear map with bias (in-context regression)."""
-
-    W_in: Float[Array, "d_in d"]
-    b_in: Float[Array, " d"]
-    W_pos: Float[Array, "n_ctx d"] | None
-
-    def __init__(self, cfg: ModelConfig, *, key):
-        k_x, k_p = jax.random.split(key)
-        self.W_in = _normal(k_x, (cfg.d_in, cfg.d_model), cfg.d_in**-0.5)
-        self.b_in = jnp.zeros((cfg.d_model,), jnp.float32)
-        self.W_pos = _normal(k_p, (cfg.n_ctx, cfg.d_model), cfg.init_std) if cfg.positional == "learned" else None
-
-
-def regression_tokens(xs: Float[Array, "K D"], ys: Float[Array, " K"]) -> Float[Array, "2K-1 D+1"]:
-    """Tokens `x_1, y_1, ..., x_K` of size D+1: x with a zero y-slot, y with a zero x-slot (y_K never fed)."""
-    n, _ = xs.shape
-    x_tok = jnp.concatenate([xs, jnp.zeros((n, 1), xs.dtype)], axis=1)
-    y_tok = jnp.concatenate([jnp.zeros_like(xs), ys[:, None].astype(xs.dtype)], axis=1)
-    return interleave_exemplars(x_tok, y_tok)
-
-
-def interleave_exemplars(examples: Float[Array, "P d"], labels: Float[Array, "P d"]) -> Float[Array, "T d"]:
-    """Tokens `e_0, l_0, e_1, l_1, ..., e_{P-1}`: the query's label (last) is never fed in."""
-    n_items, d = examples.shape
-    pairs = jnp.stack([examples, labels], axis=1).reshape(2 * n_items, d)
-    return pairs[:-1]
 
 
 class Transformer(ModuleWithAux):
@@ -88,13 +33,13 @@ class Transformer(ModuleWithAux):
     def __init__(self, config: ModelConfig, *, key):
         k_embed, k_blocks, k_unembed = jax.random.split(key, 3)
         self.config = config
-        embed_cls = {"lm": TokenEmbed, "classifier": ClassifierEmbed, "regression": RegressionEmbed}[config.head]
-        self.embed = embed_cls(config, key=k_embed)
+        head = model_head(config.head)
+        self.embed = head.embed(config, key=k_embed)
         self.blocks = [Block(config, key=k, layer=i) for i, k in enumerate(jax.random.split(k_blocks, config.n_layers))]
         self.ln_final = norm_for(config)
-        tied = config.head == "lm" and config.tied_unembed
+        tied = head.token_embedding and config.tied_unembed
         self.W_U = None if tied else _normal(k_unembed, (config.d_model, config.n_outputs), config.init_std)
-        use_bias = config.unembed_bias or config.head in ("classifier", "regression")
+        use_bias = config.unembed_bias or head.output_bias
         self.b_U = jnp.zeros((config.n_outputs,), jnp.float32) if use_bias else None
 
     @property
@@ -104,15 +49,7 @@ class Transformer(ModuleWithAux):
     def embed_input(self, x, assign) -> Float[Array, "T d"]:
         """Embed tokens (T,), a classifier sequence {"examples": (P, d_in), "labels": (P,)} or a
         regression sequence {"xs": (K, D), "ys": (K,)} (tokens `regression_tokens`, T = 2K-1)."""
-        if self.config.head == "lm":
-            tokens: Int[Array, " T"] = x
-            resid = assign("embed", self.embed.W_E[tokens])
-        elif self.config.head == "regression":
-            resid = assign("embed", regression_tokens(x["xs"], x["ys"]) @ self.embed.W_in + self.embed.b_in)
-        else:
-            ex = x["examples"] @ self.embed.W_ex + self.embed.b_ex
-            lab = self.embed.W_lab[x["labels"]]
-            resid = assign("embed", interleave_exemplars(ex, lab))
+        resid = assign("embed", self.embed(x))
         if self.embed.W_pos is not None:
             n_pos = resid.shape[0]
             if n_pos > self.embed.W_pos.shape[0]:

@@ -1,5 +1,5 @@
 """Synthetic training tasks: induction LM, bursty ICL classification, in-context linear regression,
-mixtures; pure-JAX samplers."""
+mixtures; pure-JAX samplers, and the registry of `Task`s by `task.kind` (`register_task`)."""
 
 from ._icl import ICLTaskConfig as ICLTaskConfig
 from ._icl import icl_dynamics_config as icl_dynamics_config
@@ -31,3 +31,16 @@ from ._regression_baselines import dmmse_predictions as dmmse_predictions
 from ._regression_baselines import ridge_predictions as ridge_predictions
 from ._sample import TaskConfig as TaskConfig
 from ._sample import sample_batch as sample_batch
+from ._base import TASKS as TASKS
+from ._base import Task as Task
+from ._base import build_task as build_task
+from ._base import register_task as register_task
+from ._base import task_config as task_config
+from ._base import task_offers_eval_set_probes as task_offers_eval_set_probes
+from ._base import task_probe_defaults as task_probe_defaults
+# the built-in tasks, registered in this order (the order `unknown task.kind` lists them in)
+from ._task_induction import InductionTask as InductionTask  # noqa: I001
+from ._task_icl import ICLTask as ICLTask
+from ._task_regression import RegressionTask as RegressionTask
+from ._task_regression import regression_metrics as regression_metrics
+from ._task_mixture import MixtureTask as MixtureTask

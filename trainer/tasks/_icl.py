@@ -60,6 +60,10 @@ class ICLTaskConfig:
     val_label_pairs: tuple[tuple[int, int], ...] = ()
     data: ICLDataConfig = ICLDataConfig()
 
+    def sample(self, key, batch_size: int, data=None, *, with_info: bool = False) -> dict:
+        """One training batch (`trainer.tasks.sample_batch`); pure and jittable with the config static."""
+        return sample_icl_batch(self, key, batch_size, data, with_info=with_info)
+
     def __post_init__(self):
         # Accept JSON-style lists and dicts; store hashable tuples and dataclasses.
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731

@@ -44,6 +44,10 @@ class InductionTaskConfig:
     markov_concentration: float = 0.1
     loss_on: Literal["all", "copy"] = "all"
 
+    def sample(self, key, batch_size: int, data=None, *, with_info: bool = False) -> dict:
+        """One training batch (`trainer.tasks.sample_batch`); pure and jittable with the config static."""
+        return sample_induction_batch(self, key, batch_size, with_info=with_info)
+
     def __post_init__(self):
         if self.vocab_size < 3:
             raise ValueError(f"vocab_size must be at least 3, got {self.vocab_size}; raise it.")

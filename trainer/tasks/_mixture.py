@@ -22,6 +22,10 @@ class MixtureTaskConfig:
     components: tuple[Any, ...]
     weights: tuple[float, ...]
 
+    def sample(self, key, batch_size: int, data=None, *, with_info: bool = False) -> dict:
+        """One training batch (`trainer.tasks.sample_batch`); pure and jittable with the config static."""
+        return sample_mixture_batch(self, key, batch_size, data, with_info=with_info)
+
     def __post_init__(self):
         object.__setattr__(self, "components", tuple(self.components))
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
@@ -44,13 +48,8 @@ def sample_mixture_batch(
     Component i uses `jax.random.split(key, n + 1)[i]`; the choice uses the last key. With
     `with_info`, also `component` (B,) int32.
     """
-    from ._sample import sample_batch  # the dispatcher imports this module
-
     keys = jax.random.split(key, len(cfg.components) + 1)
-    draw = [
-        functools.partial(sample_batch, c, batch_size=batch_size, data=data, with_info=with_info)
-        for c in cfg.components
-    ]
+    draw = [functools.partial(c.sample, batch_size=batch_size, data=data, with_info=with_info) for c in cfg.components]
     shapes = [{k: (v.shape, v.dtype) for k, v in jax.eval_shape(f, keys[i]).items()} for i, f in enumerate(draw)]
     for i, got in enumerate(shapes[1:], start=1):
         if got != shapes[0]:

@@ -43,6 +43,10 @@ class RegressionTaskConfig:
     noise_var: float = 0.125
     task_seed: int = 0
 
+    def sample(self, key, batch_size: int, data=None, *, with_info: bool = False) -> dict:
+        """One training batch (`trainer.tasks.sample_batch`); pure and jittable with the config static."""
+        return sample_regression_batch(self, key, batch_size, data, with_info=with_info)
+
     def __post_init__(self):
         object.__setattr__(self, "n_tasks", _n_tasks(self.n_tasks))
         for name in ("n_dims", "context_len"):

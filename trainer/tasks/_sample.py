@@ -1,15 +1,16 @@
-"""One entry point for every task: `sample_batch(cfg, key, batch_size, data)` dispatches on the config type."""
+"""One entry point for every task: `sample_batch(cfg, key, batch_size, data)` calls the config's sampler."""
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from jaxtyping import Array, PRNGKeyArray
 
-from ._icl import ICLTaskConfig, sample_icl_batch
-from ._induction import InductionTaskConfig, sample_induction_batch
-from ._mixture import MixtureTaskConfig, sample_mixture_batch
-from ._regression import RegressionTaskConfig, sample_regression_batch
 
-TaskConfig = InductionTaskConfig | ICLTaskConfig | MixtureTaskConfig | RegressionTaskConfig
+class TaskConfig(Protocol):
+    """A task's config dataclass: frozen (hashable, a static jit argument) with a pure sampler."""
+
+    def sample(self, key: PRNGKeyArray, batch_size: int, data: Any = None, *, with_info: bool = False) -> dict: ...
 
 
 def sample_batch(
@@ -19,15 +20,8 @@ def sample_batch(
 
     The trainer uses `key = jax.random.fold_in(train_key, step)`, so batch t depends only on t.
     """
-    if isinstance(cfg, InductionTaskConfig):
-        return sample_induction_batch(cfg, key, batch_size, with_info=with_info)
-    if isinstance(cfg, ICLTaskConfig):
-        return sample_icl_batch(cfg, key, batch_size, data, with_info=with_info)
-    if isinstance(cfg, MixtureTaskConfig):
-        return sample_mixture_batch(cfg, key, batch_size, data, with_info=with_info)
-    if isinstance(cfg, RegressionTaskConfig):
-        return sample_regression_batch(cfg, key, batch_size, data, with_info=with_info)
-    raise ValueError(
-        f"unknown task config type {type(cfg).__name__}; use InductionTaskConfig, ICLTaskConfig, MixtureTaskConfig "
-        "or RegressionTaskConfig."
-    )
+    sample = getattr(cfg, "sample", None)
+    if not callable(sample):
+        raise ValueError(f"unknown task config type {type(cfg).__name__}: it has no sample(key, batch_size, data) "
+                         "method; pass a task's config dataclass (InductionTaskConfig, ICLTaskConfig, ...)")
+    return sample(key, batch_size, data, with_info=with_info)
