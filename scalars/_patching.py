@@ -2,8 +2,8 @@
 
 Patching here is denoising: run the corrupted inputs, give one component its clean value, score
 the pair metric. A patch in layer l re-runs only blocks l.. from the corrupted `resid_pre` of
-layer l (`Transformer.forward_from`) with a cache that sets that layer's `z`; heads and positions
-go through `map_heads` (lax.map or vmap). Path patching recomputes the receiver head from its
+layer l with that layer's `z` set, on the lean batched forward (`trainer.model.run_blocks`, as the
+head ablations); heads and positions go through `map_heads` (lax.map or vmap). Path patching recomputes the receiver head from its
 corrupted inputs with the sender's clean-minus-corrupted output added to one side (q, k or v)
 only. Attribution patching is first order: (clean - corrupted activation) . d metric / d activation
 at the corrupted run, every gradient from one forward and one backward. `clean`/`corrupt` are
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from trainer.model import make_cache_assign
+from trainer.model import batched_unsupported, block_with_z, make_cache_assign, run_blocks, unembed
 
 from ._interventions import map_heads
 from ._pairs import check_metric
@@ -53,12 +53,17 @@ def pair_metric(logits: Float[Array, "B T V"], pair, metric: str) -> Float[Array
     return (jnp.argmax(lp, axis=-1) == answers[..., 0]).astype(jnp.float32).mean()
 
 
-def run_from_resid(model, layer: int, resid: Float[Array, "B T d"], entries: dict | None = None
+def run_from_resid(model, layer: int, resid: Float[Array, "B T d"], z: Float[Array, "B H T e"] | None = None
                    ) -> Float[Array, "B T V"]:
-    """Logits of blocks `layer`.. from a batched residual stream, with batched cache `entries`
-    (`{layer: {"attn_output": {"z": ...}}}`)."""
-    cache = {"layer_outputs": entries or {}}
-    return jax.vmap(lambda r, c: model.forward_from(layer, r, cache=c)["logits"])(resid, cache)
+    """Logits of blocks `layer`.. from batched residual streams, with that layer's heads' z set to `z`
+    if given: the lean batched forward (`trainer.model.run_blocks`), or the per-example forward with
+    a cache for an option the batched one does not compute (`batched_unsupported`)."""
+    if batched_unsupported(model.config) is not None:
+        cache = {"layer_outputs": {} if z is None else {layer: {"attn_output": {"z": z}}}}
+        return jax.vmap(lambda r, c: model.forward_from(layer, r, cache=c)["logits"])(resid, cache)
+    if z is not None:
+        resid, layer = block_with_z(model.blocks[layer], resid, z), layer + 1
+    return unembed(model, run_blocks(model, layer, resid))
 
 
 def _attn(run: dict, layer: int) -> dict:
@@ -77,7 +82,7 @@ def _with_head(z: Array, h, z_new: Array) -> Array:
 
 def _run_with_z(model, layer: int, corrupt: dict, z: Array) -> Array:
     resid = corrupt["layer_outputs"][layer]["resid_pre"]
-    return run_from_resid(model, layer, resid, {layer: {"attn_output": {"z": z}}})
+    return run_from_resid(model, layer, resid, z)
 
 
 # -- exact patching --------------------------------------------------------------------------

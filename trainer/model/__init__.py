@@ -6,9 +6,11 @@ from ._aux import layer_cache as layer_cache
 from ._aux import make_cache_assign as make_cache_assign
 from ._aux import sub_cache as sub_cache
 from ._batched import CHUNKED_VOCAB as CHUNKED_VOCAB
+from ._batched import attention_output as attention_output
 from ._batched import batched_attention as batched_attention
 from ._batched import batched_unsupported as batched_unsupported
 from ._batched import block_forward as block_forward
+from ._batched import block_with_z as block_with_z
 from ._batched import causal_attention as causal_attention
 from ._batched import chunked_token_metrics as chunked_token_metrics
 from ._batched import mlp_residual as mlp_residual

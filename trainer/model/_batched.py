@@ -25,8 +25,8 @@ from jaxtyping import Array, Float
 from ._config import ModelConfig
 from ._layers import MASKED_SCORE
 
-__all__ = ["SUPPORTED", "batched_unsupported", "causal_attention", "batched_attention", "block_forward",
-           "mlp_residual", "run_blocks", "unembed", "unembed_chunks", "chunked_token_metrics"]
+__all__ = ["SUPPORTED", "batched_unsupported", "causal_attention", "batched_attention", "attention_output",
+           "block_forward", "block_with_z", "mlp_residual", "run_blocks", "unembed", "unembed_chunks", "chunked_token_metrics"]
 
 # The values of each ModelConfig option the batched forward computes exactly; an option not listed
 # (a new one) or a value not in its set sends callers to the per-example forward (`batched_unsupported`).
@@ -92,8 +92,14 @@ def batched_attention(attn, x: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
     if attn.rope_base is not None:  # a rotation: commutes with the scale folded into q
         rotate = jax.vmap(attn.rotate)
         q, k = rotate(q), rotate(k)
-    z = causal_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B * T, H * e)
-    out = (z @ attn.W_O.reshape(H * e, d)).reshape(B, T, d)
+    return attention_output(attn, causal_attention(q, k, v))
+
+
+def attention_output(attn, z: Float[Array, "B H T e"]) -> Float[Array, "B T d"]:
+    """What the heads' z write to the residual stream: one (B*T, H*e) x (H*e, d) matmul and b_O."""
+    B, H, T, e = z.shape
+    d = attn.W_O.shape[-1]
+    out = (z.transpose(0, 2, 1, 3).reshape(B * T, H * e) @ attn.W_O.reshape(H * e, d)).reshape(B, T, d)
     return out if attn.b_O is None else out + attn.b_O
 
 
@@ -103,6 +109,11 @@ def mlp_residual(block, resid_mid: Float[Array, "... d"], resid_pre: Float[Array
     if block.mlp is None:
         return resid_mid
     return resid_mid + block.mlp(block.ln2(block.mlp_input(resid_pre, resid_mid)))
+
+
+def block_with_z(block, resid: Float[Array, "B T d"], z: Float[Array, "B H T e"]) -> Float[Array, "B T d"]:
+    """One block whose heads' z are given (patched or ablated): q, k and the pattern are not computed."""
+    return mlp_residual(block, resid + attention_output(block.attn, z), resid)
 
 
 def block_forward(block, resid: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
