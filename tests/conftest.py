@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# rich wraps command output at the terminal width, 80 columns without a terminal: wide enough here
+# that the long temporary paths of parallel test workers never wrap a table cell or a message
+os.environ.setdefault("COLUMNS", "200")
 
 import jax
 import pytest

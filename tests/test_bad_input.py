@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _marks import slow_except
 
 import store
 from scalars import compute_run
@@ -238,7 +239,9 @@ CASES = {
 _AFTER_CHECKS: list = []  # extra "nothing changed" checks a case's setup registers
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", slow_except(sorted(CASES), [  # one case of each command and kind of mistake
+    "unknown_key", "bad_config_file", "type_for_other_head", "probe_npz_wrong_keys", "plugin_raises_on_import",
+    "run_json_disagrees_with_archive", "plot_head_out_of_range", "import_missing_folder"]))
 def test_bad_input(case, run_with_scalars, tmp_path):
     argv = _setup(case, run_with_scalars, tmp_path)
     before = snapshot(run_with_scalars)

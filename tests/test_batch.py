@@ -92,6 +92,7 @@ def test_workers_are_single_threaded_jax_processes(cluster):
     assert set(cluster.nthreads().values()) == {1}
 
 
+@pytest.mark.slow
 def test_sweep_grid_names_configs_and_coords(sweep_runs, cluster, tmp_path):
     assert [os.path.basename(r) for r in sweep_runs] == [f"seed-{i}" for i in range(4)]
     for i, run in enumerate(sweep_runs):
@@ -112,6 +113,7 @@ def test_sweep_grid_names_configs_and_coords(sweep_runs, cluster, tmp_path):
         [(0, 1), (0, 2), (1, 1), (1, 2)]
 
 
+@pytest.mark.slow
 def test_cluster_batch_equals_single_process(sweep_runs, reference, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs]
     compute_run(runs[0], TYPES, steps="0-10")  # some cells already there: only the rest is computed
@@ -132,6 +134,7 @@ def test_cluster_batch_equals_single_process(sweep_runs, reference, cluster, tmp
     assert "0 cells to compute over 4 run(s)" in r.output and "started" not in r.output
 
 
+@pytest.mark.slow
 def test_killed_worker_is_retried_and_nothing_is_lost(sweep_runs, reference, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs]
     killed = []
@@ -159,6 +162,7 @@ def test_killed_worker_is_retried_and_nothing_is_lost(sweep_runs, reference, clu
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarted it for the next tests
 
 
+@pytest.mark.slow
 def test_two_concurrent_computes_on_one_run(sweep_runs, reference, cluster, tmp_path):
     run = _copy(sweep_runs[1], tmp_path)
     cmd = [sys.executable, "-m", "cli.app", "compute", run, "-q"]
@@ -182,6 +186,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_bad_batch_input(sweep_runs, tmp_path):
     good = _copy(sweep_runs[0], tmp_path)
     (tmp_path / "notes").mkdir()
@@ -205,6 +210,7 @@ def test_bad_batch_input(sweep_runs, tmp_path):
     assert not os.path.exists(os.path.join(good, "scalars.zarr"))
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_in_a_batch_fails_only_that_step(sweep_runs, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs[:2]]
     flip_byte(tmp_path / "seed-1", "*W_Q*", 2)
@@ -231,6 +237,7 @@ def test_bad_sweeps_train_nothing(sweep, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sweep_refuses_a_foreign_run_in_its_way(sweep_runs, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(sweep_runs[0], out / "seed-0", ignore=shutil.ignore_patterns(".lock-*"))

@@ -60,6 +60,7 @@ def tree_hash(folder: Path) -> str:
 # ------------------------------------------------------------------------------- the hang
 
 
+@pytest.mark.slow
 def test_a_lapack_type_beside_a_probe_type_finishes(tiny_run, copy_run, tmp_path):
     """Two compute streams each running a LAPACK kernel that waits on XLA's intra-op pool used to hold
     every pool thread forever (0% CPU, no output); such programs now run in one stream."""
@@ -102,6 +103,7 @@ def stuck_score(model, probe, clean, ctx):
 '''
 
 
+@pytest.mark.slow
 def test_a_stalled_compute_names_what_it_ran_and_exits(tiny_run, copy_run, tmp_path):
     run = copy_run(tiny_run)
     assert cli("compute", str(run), "--type", "induction_score", "-q").returncode == 0
@@ -176,6 +178,7 @@ def w_o_norm(model, probe, clean, ctx):
 '''
 
 
+@pytest.mark.slow
 def test_changed_plugin_code_is_refused_then_replaced_whole(tiny_run, copy_run, tmp_path):
     run = copy_run(tiny_run)
     v1 = write(tmp_path / "v1.py", SCORE_PLUGIN.format(version="", scale="1.0"))
@@ -202,6 +205,7 @@ def test_changed_plugin_code_is_refused_then_replaced_whole(tiny_run, copy_run, 
     assert store.verify_scalars(run) == []
 
 
+@pytest.mark.slow
 def test_an_explicit_version_overrides_the_code_fingerprint(tiny_run, copy_run, tmp_path):
     run = copy_run(tiny_run)
     v1 = write(tmp_path / "v1.py", SCORE_PLUGIN.format(version=", version=3", scale="1.0"))

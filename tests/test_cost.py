@@ -73,6 +73,7 @@ def test_report_splits_time_by_flops(planted_types, tiny_run, copy_run):
     assert scalars.compute_run(run, [HEAVY, LIGHT], type_timing=True).type_seconds == {}  # nothing left
 
 
+@pytest.mark.slow
 def test_estimate_measures_without_storing_and_all_prints_an_estimate_first(planted_types, tiny_run, copy_run):
     run = copy_run(tiny_run)
     scalars.compute_run(run, ["induction_score"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _marks import slow_except
 
 import store
 from scalars import compute_run
@@ -63,7 +64,7 @@ def damage(run: Path, kind: str) -> None:
         shutil.rmtree(root / "step")
 
 
-@pytest.mark.parametrize("kind", ["missing_chunk", "truncated_chunk", "flipped_byte"])
+@pytest.mark.parametrize("kind", slow_except(["missing_chunk", "truncated_chunk", "flipped_byte"], ['flipped_byte']))
 def test_a_damaged_cell_is_named_and_never_shown_as_data(kind, computed_run, copy_run):
     run = copy_run(computed_run)
     good = store.open_scalars(run)[VAR].values

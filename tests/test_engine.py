@@ -29,6 +29,7 @@ def stored(run, name):
     return store.open_scalars(run)[name].values
 
 
+@pytest.mark.slow
 def test_end_to_end_induction_tiny(trained_induction_tiny, copy_run):
     run = copy_run(trained_induction_tiny)
     res = cli("compute", str(run), "--type", "induction_score", "--type", "prev_token_score", "--type", "ablated_loss", "-q")
@@ -71,6 +72,7 @@ def test_one_trace_for_all_checkpoints(tiny_run, copy_run):
     assert report.checkpoints_computed == 7 and report.traces == 1
 
 
+@pytest.mark.slow
 def test_stacked_checkpoint_blocks_equal_one_at_a_time(tiny_run, copy_run):
     a, b = copy_run(tiny_run, "a"), copy_run(tiny_run, "b")
     types = SUITE + ["ablated_loss_pattern_preserving", "reconstituted_induction_k", "direct_logit_attribution"]
@@ -122,8 +124,8 @@ def test_unknown_type_suggests_names_and_leaves_results(tiny_run, copy_run):
     "args, message",
     [
         (["--type", "loss", "--steps", "15"], "step 15 is not a committed checkpoint"),
-        (["--type", "loss", "--steps", "0-x"], "bad --steps spec"),
-        (["--type", "icl_accuracy"], "needs a sequence classifier"),
+        pytest.param(["--type", "loss", "--steps", "0-x"], "bad --steps spec", marks=pytest.mark.slow),
+        pytest.param(["--type", "icl_accuracy"], "needs a sequence classifier", marks=pytest.mark.slow),
         ([], "no types requested"),
     ],
 )

@@ -78,6 +78,7 @@ def native_bursty(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_imported_run_is_self_sufficient(imported):
     info = store.read_run_json(imported)
     np.testing.assert_array_equal(np.load(imported / "probes" / "icl_dynamics_exemplar0.npy"), np.load(EXEMPLAR0))
@@ -91,6 +92,7 @@ def test_imported_run_is_self_sufficient(imported):
     assert r.exit_code == 0 and "0 cells computed" in r.output, r.output
 
 
+@pytest.mark.slow
 def test_paper_analyses_over_every_checkpoint(imported):
     ds = store.open_scalars(imported).load()
     assert ds.step.values.tolist() == MAIN_STEPS
@@ -154,6 +156,7 @@ def test_evaluators_regenerated_from_config(imported):
     assert np.isin(classes[:, 0], test_block[:, 0]).all()
 
 
+@pytest.mark.slow
 def test_imported_and_native_runs_open_together(imported, native_bursty):
     ds = store.open_scalars([imported, native_bursty])
     assert ds.sizes["run"] == 2 and ds.run.values.tolist() == ["main", "bursty"]

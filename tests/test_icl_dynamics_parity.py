@@ -63,6 +63,7 @@ def test_the_reference_was_made_by_the_icl_dynamics_code_on_the_full_probe():
         assert f["omniglot50_rl5_synthetic/100000/induction_strength"].max() > 0.5
 
 
+@pytest.mark.slow
 def test_every_paper_analysis_equals_the_icl_dynamics_code_at_the_trained_mlp_checkpoint(tmp_path):
     """The last checkpoint of the run with MLP blocks, full probe (78,400 sequences)."""
     worst = worst_differences(tmp_path, "omniglot50_rl5_synthetic_mlp", steps=[60000])

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _marks import slow_except
 
 import scalars
 from scalars._icl_types import induction_strengths, previous_token_pattern
@@ -173,7 +174,7 @@ def random_setup():
     return probe, models, [naive_clamps(m, probe) for m in models]
 
 
-@pytest.mark.parametrize("head_batching", ["map", "vmap"])
+@pytest.mark.parametrize("head_batching", slow_except(["map", "vmap"], ['map']))
 def test_clamps_fast_equal_naive_on_random_models(head_batching, random_setup):
     probe, models, naive = random_setup
     fn = scalars.make_block_compute_fn(CLAMPS, RANDOM_CFG, probe, head_batching=head_batching)

@@ -85,6 +85,7 @@ def _run_cases(cases, config, reference_run, tmp_path) -> None:
     assert landed == len(cases)
 
 
+@pytest.mark.slow
 def test_kill_in_the_first_shard_creation_and_before_run_json(reference, tmp_path):
     config, reference_run = reference
     _run_cases([("pwrite64:signal=SIGKILL:when=2", False),  # first shard file: data written, index not

@@ -118,6 +118,7 @@ def computed(memorizing_regression_run, tmp_path_factory):
     return compute_sgld_types(memorizing_regression_run, tmp_path_factory.mktemp("computed") / "run")
 
 
+@pytest.mark.slow
 def test_llc_rllc_and_diagnostics_through_the_engine(computed):
     run, report = computed
     assert report.cells_computed == 12 and not report.failed_steps
@@ -145,6 +146,7 @@ def test_llc_rllc_and_diagnostics_through_the_engine(computed):
     np.testing.assert_array_equal(store.open_scalars(run).llc.values, before)
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_and_seeds_spread(regression_run, computed, tmp_path):
     again, _ = compute_sgld_types(regression_run, tmp_path / "again")  # a second, independent compute
     first, second = store.open_scalars(computed[0]), store.open_scalars(again)
@@ -241,6 +243,7 @@ def random_model(config, seed, scale=0.3):
 LM_CFG = ModelConfig(n_layers=3, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
 
 
+@pytest.mark.slow
 def test_head_loss_reuses_the_prefix_and_equals_a_full_forward():
     model = random_model(LM_CFG, 0)
     probe = scalars.repeated_tokens(seed=0, batch=6, T=5, vocab_size=20)
@@ -262,6 +265,7 @@ def test_head_loss_reuses_the_prefix_and_equals_a_full_forward():
         assert abs(float(head_loss(moved, head, idx)) - float(full_loss(params, idx))) > 1e-4
 
 
+@pytest.mark.slow
 def test_llc_works_for_token_lms_and_classifiers_and_checkpoint_blocks():
     lm = ModelConfig(n_layers=1, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
     probe = scalars.repeated_tokens(seed=0, batch=16, T=5, vocab_size=20)

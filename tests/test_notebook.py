@@ -22,6 +22,7 @@ def runs_base(tmp_path_factory):
     return seed_runs(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_analysis_notebook_runs_and_finds_each_phase_change(runs_base, tmp_path, monkeypatch):
     monkeypatch.setenv("ANALYSIS_RUNS", str(runs_base / "runs" / "seed*"))
     monkeypatch.setenv("ANALYSIS_OUT", str(tmp_path))

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import matplotlib.image
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 import scalars
@@ -18,6 +19,7 @@ from trainer.model import ModelConfig, next_token_losses
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "one-checkpoint.ipynb"
 
 
+@pytest.mark.slow
 def test_one_checkpoint_notebook_ablates_the_induction_head(trained_induction_tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("ONE_CHECKPOINT_RUN", str(trained_induction_tiny))
     monkeypatch.setenv("ONE_CHECKPOINT_STEP", "last")

@@ -149,6 +149,7 @@ def test_fast_equals_naive_full_forward_patching_lm():
     assert fn.trace_count == 1
 
 
+@pytest.mark.slow
 def test_fast_equals_naive_classifier_block_of_checkpoints_vmap():
     pair = classifier_pair()
     models = [random_model(CLS_CFG, seed) for seed in (3, 4)]
@@ -260,6 +261,7 @@ def test_path_patch_round_trips_through_the_store_with_side_labels(tiny_run, cop
 
 
 # -- a trained run through its phase change ------------------------------------------------------
+@pytest.mark.slow
 def test_attribution_tracks_exact_patching_after_the_phase_change(trained_induction_tiny):
     run = trained_induction_tiny
     info = store.read_run_json(run)
@@ -281,6 +283,7 @@ def test_attribution_tracks_exact_patching_after_the_phase_change(trained_induct
     assert pooled >= 0.9
 
 
+@pytest.mark.slow
 def test_cli_patch_head_output_shows_the_induction_heads_taking_over(trained_induction_tiny, copy_run):
     run = copy_run(trained_induction_tiny)
     res = cli("compute", str(run), "--type", "patch_head_output", "--type", "pair_metric_clean", "--type",
@@ -304,6 +307,7 @@ def test_cli_patch_head_output_shows_the_induction_heads_taking_over(trained_ind
     assert restored[first] < 0.5 < 1.0 < restored[-1], "the head's restored logit difference grows across the change"
 
 
+@pytest.mark.slow
 def test_patching_types_say_why_their_cells_can_be_nan(tiny_run, copy_run):
     import subprocess
     import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import store
 from trainer.config import resolve_config
@@ -12,6 +13,7 @@ from trainer.train import train
 ADAPTIVE = "adaptive:min_gap=10,max_gap=400,threshold=0.02"
 
 
+@pytest.mark.slow
 def test_icl_bursty_learns_in_context_above_chance(tmp_path):
     cfg = resolve_config("icl-bursty", None, ["train.steps=600", "train.eval_every=200", "checkpoints.schedule=every:600"])
     train(cfg, tmp_path / "run", progress=False)
@@ -28,6 +30,7 @@ def replay(losses: np.ndarray, spec: str) -> list[int]:
     return [t for t in range(1, len(losses) + 1) if saver.update(t, float(losses[t - 1]))]
 
 
+@pytest.mark.slow
 def test_adaptive_rule_saves_densely_during_the_phase_change(trained_induction_tiny):
     m = store.open_metrics(trained_induction_tiny)
     losses = m.train_loss.dropna("step").values

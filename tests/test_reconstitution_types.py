@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _marks import slow_except
 
 import scalars
 from trainer.model import ModelConfig, build_model, named_leaves
@@ -62,7 +63,7 @@ def compute(model, probe, options, name="reconstituted_pattern_score"):
     return np.asarray(fn(eqx.filter(model, eqx.is_array))[name], np.float64)
 
 
-@pytest.mark.parametrize("remove_from", ["query", "key", "both"])
+@pytest.mark.parametrize("remove_from", slow_except(["query", "key", "both"], ['both']))
 def test_src_head_removed_from_chosen_sides_equals_numpy_attention(setup, remove_from):
     model, probe, cache, p = setup
     T = probe.metadata["T"]

@@ -69,6 +69,7 @@ def test_verify_names_a_damaged_scalar_cell(tiny_run, copy_run):
     assert res.returncode == 1 and "induction_score" in res.stdout, res.stdout
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_corrupted_latest_checkpoint_and_offers_the_previous(tiny_run, copy_run):
     run = copy_run(tiny_run)
     assert store.resume_steps(run) == [50, 60]  # the last two checkpoints keep their optimizer state
@@ -111,6 +112,7 @@ app()
 """
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_keeps_the_archive_valid(tiny_run, tmp_path):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(resolve_config("induction-tiny", None, TINY_OVERRIDES)))
@@ -125,6 +127,7 @@ def test_disk_full_during_training_keeps_the_archive_valid(tiny_run, tmp_path):
     assert archives_equal(run, tiny_run)
 
 
+@pytest.mark.slow
 def test_disk_full_during_compute_exposes_no_partial_cell(tiny_run, copy_run):
     run = copy_run(tiny_run)
     reference = copy_run(tiny_run, "reference")
@@ -144,6 +147,7 @@ def test_disk_full_during_compute_exposes_no_partial_cell(tiny_run, copy_run):
 
 # ---------------------------------------------------------------- concurrency and determinism
 
+@pytest.mark.slow
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps(resolve_config("induction-tiny", None, TINY_OVERRIDES + ["train.steps=100000"])))

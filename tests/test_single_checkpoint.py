@@ -149,6 +149,7 @@ def test_cache_names_exist_only_for_the_architecture():
         attn_only["blocks.0.mlp.hook_post"]
 
 
+@pytest.mark.slow
 def test_model_and_cache_are_jit_friendly_pytrees():
     model = planted(MLP_CFG)
     tokens, _ = tokens_pair()
@@ -302,6 +303,7 @@ def test_load_model_errors_name_the_nearest_steps(tiny_run, tmp_path):
         load_model(tiny_run, "latest")
 
 
+@pytest.mark.slow
 def test_load_model_on_an_imported_icl_dynamics_run(tmp_path):
     from trainer.importers import import_icl_dynamics
 
@@ -318,6 +320,7 @@ def test_load_model_on_an_imported_icl_dynamics_run(tmp_path):
     assert "blocks.0.mlp.hook_post" in cache and cache["blocks.1.attn.hook_pattern"].shape[-1] == probe.seq_len
 
 
+@pytest.mark.slow
 def test_load_model_on_a_regression_run(memorizing_regression_run):
     info = store.read_run_json(memorizing_regression_run)
     config = ModelConfig.from_dict(info["model"])

@@ -61,6 +61,7 @@ def registered():
     del TASKS["constant_tokens"]
 
 
+@pytest.mark.slow
 def test_a_task_defined_in_one_place_trains_end_to_end(registered, tmp_path):
     config = copy.deepcopy(resolve_config("induction-tiny", None, ["train.steps=40", "train.eval_every=20",
                                                                     "checkpoints.schedule=every:20"]))

@@ -79,6 +79,7 @@ def test_same_config_twice_is_bit_identical(reference_run, tmp_path):
     assert_same_archives(reference_run, again)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
     """Several real SIGKILLs at random points (across steps and saves), each followed by --resume."""
     rng = random.Random(1234)
@@ -149,6 +150,7 @@ app()
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_never_exposes_a_half_written_checkpoint(reference_run, tmp_path):
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps(tiny_config()))
@@ -177,10 +179,10 @@ def test_out_dir_holding_a_run_is_refused_and_untouched(reference_run):
     [
         (["--preset", "induction-tiyn"], "unknown preset 'induction-tiyn'"),
         (["--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
-        (["--set", "train.steps=many"], "config key 'train.steps' expects a int"),
-        (["--set", "model.d_model=30"], "divisible by model.n_heads"),
-        (["--set", "checkpoints.schedule=every:x"], "checkpoint schedule"),
-        (["--set", "task.kind=vision"], "unknown task.kind 'vision'"),
+        pytest.param(["--set", "train.steps=many"], "config key 'train.steps' expects a int", marks=pytest.mark.slow),
+        pytest.param(["--set", "model.d_model=30"], "divisible by model.n_heads", marks=pytest.mark.slow),
+        pytest.param(["--set", "checkpoints.schedule=every:x"], "checkpoint schedule", marks=pytest.mark.slow),
+        pytest.param(["--set", "task.kind=vision"], "unknown task.kind 'vision'", marks=pytest.mark.slow),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, args, message):
@@ -221,8 +223,8 @@ def test_head_ablation_intervention_keeps_the_head_dead(tmp_path):
     [
         ('{"kind": "clamp_pattern", "layer": 0, "head": 0, "pattern": "prev_token", "start": 0, "stop": 30}',
          "blocks.0.attn.W_Q", (0,), (1,)),
-        ('{"kind": "ablate_neuron", "layer": 0, "neuron": 5, "start": 0, "stop": 30}',
-         "blocks.0.mlp.W_out", (5,), (6,)),
+        pytest.param('{"kind": "ablate_neuron", "layer": 0, "neuron": 5, "start": 0, "stop": 30}',
+                     "blocks.0.mlp.W_out", (5,), (6,), marks=pytest.mark.slow),
     ],
 )
 def test_clamp_and_neuron_interventions_cut_the_gradient(tmp_path, intervention, leaf, frozen, free):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import store
 
@@ -16,6 +17,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.app", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_loss_that_turns_nan_stops_training_and_keeps_the_good_checkpoints(tmp_path):
     over = [a for o in TINY_OVERRIDES for a in ("--set", o)]
     res = cli("train", "--preset", "induction-tiny", *over, "--set", "train.lr=1e30", "--set", "train.grad_clip=null",

@@ -26,6 +26,7 @@ def runs_base(tmp_path_factory):
     return seed_runs(tmp_path_factory)
 
 
+@pytest.mark.slow
 def test_python_recipes_give_the_single_run_answers(runs_base, monkeypatch, capsys):
     monkeypatch.chdir(runs_base)
     ns: dict = {}
@@ -56,6 +57,7 @@ def test_python_recipes_give_the_single_run_answers(runs_base, monkeypatch, caps
                                       one.induction_score.isel(step=-1).max("head").values)
 
 
+@pytest.mark.slow
 def test_shell_recipes_succeed(runs_base, monkeypatch):
     monkeypatch.chdir(runs_base)
     monkeypatch.setenv("COLUMNS", "200")
