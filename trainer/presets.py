@@ -16,33 +16,35 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from .model._config import ModelConfig
+from .model import ModelConfig
 from .sections import CheckpointConfig, SeedConfig, TrainConfig
+from .tasks import ICLTaskConfig, InductionTaskConfig, RegressionTaskConfig
+
+
+def _jsonable(value):
+    """A default as a config file holds it: tuples as lists, nested config dataclasses as dicts."""
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
 
 def _defaults(cls) -> dict:
     """A config dataclass's field defaults as a dict: the one place a default is written down."""
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out[f.name] = _jsonable(default)
+    return out
 
 
 _MODEL_DEFAULTS = _defaults(ModelConfig)
 _TRAIN_DEFAULTS = _defaults(TrainConfig)
-_INDUCTION_TASK = {
-    "kind": "induction", "vocab_size": 64, "seq_len": 64, "bos_token": 0, "segment_len_min": 8,
-    "segment_len_max": 24, "n_repeats": 1, "filler": "uniform", "filler_seed": 0, "markov_concentration": 0.1,
-    "loss_on": "all",
-}
-_ICL_DATA = {
-    "source": "synthetic", "path": None, "h5_key": "resnet18/224/feat", "seed": 0, "n_classes": 256,
-    "n_exemplars": 10, "dim": 64, "noise": 0.1,
-}
-_ICL_TASK = {
-    "kind": "icl", "context_len": 8, "n_labels": 16, "label_map_seed": 0, "p_bursty": 0.9, "burstiness": 3,
-    "bursty_distractor": True, "zipf_alpha": 0.0, "class_split": [192, 0, 64], "exemplar_split": None,
-    "noise_scale": 0.0, "fewshot_relabel": False, "icl_dynamics_mode": False, "label_pairs": [],
-    "val_label_pairs": [], "data": _ICL_DATA,
-}
-_REGRESSION_TASK = {"kind": "regression", "n_dims": 4, "context_len": 16, "n_tasks": None, "noise_var": 0.125,
-                    "task_seed": 0}
+_INDUCTION_TASK = {"kind": "induction", **_defaults(InductionTaskConfig)}
+_ICL_TASK = {"kind": "icl", **_defaults(ICLTaskConfig)}
+_ICL_DATA = _ICL_TASK["data"]
+_REGRESSION_TASK = {"kind": "regression", **_defaults(RegressionTaskConfig)}
 
 
 def _preset(model=None, task=None, train=None, checkpoints=None, seeds=None) -> dict:
