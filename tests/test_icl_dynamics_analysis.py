@@ -120,6 +120,7 @@ def test_paper_analyses_over_every_checkpoint(imported):
     assert ds.layer_removal_loss.sel(layer=1).values[-1] > 10 * ds.loss.values[-1]  # layer 1 is needed
 
 
+@pytest.mark.slow
 def test_imported_training_loss_equals_log_h5(imported):
     log = read_log_h5(MAIN / "log.h5")
     metrics = store.open_metrics(imported).sel(step=log["train"]["step"])
@@ -127,6 +128,7 @@ def test_imported_training_loss_equals_log_h5(imported):
     np.testing.assert_array_equal(metrics["optimizer_step"].values, log["train"]["step"] / 32)
 
 
+@pytest.mark.slow
 def test_evaluators_regenerated_from_config(imported):
     """fsl_* probes from the run's config (--data synthetic: the whole stand-in): the final model scores on
     them what log.h5 recorded for its own (differently sampled) evaluator sequences at 100000 sequences."""

@@ -29,10 +29,11 @@ def test_metric_names_by_task():
     assert describe_metric("something_else") == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,overrides", [
     ("induction-tiny", []),
-    pytest.param("icl-bursty", [], marks=pytest.mark.slow),
-    pytest.param("icl-regression", ["task.n_tasks=4", "task.context_len=4"], marks=pytest.mark.slow),
+    ("icl-bursty", []),
+    ("icl-regression", ["task.n_tasks=4", "task.context_len=4"]),
 ])
 def test_no_metric_a_task_logs_is_named_like_a_scalar_type(preset, overrides):
     """Every eval metric of every task starts with a prefix that the registry keeps from types."""

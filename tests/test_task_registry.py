@@ -139,53 +139,14 @@ def test_bad_mixtures_are_refused_in_one_sentence(components, message):
         task.sample(jax.random.key(0), 2)
 
 
-PLUGIN_TASK = '''
-import dataclasses
-from typing import ClassVar
+def _plugin_source() -> str:
+    """A plugin file registering this module's task under another kind (the same code, as a user writes it)."""
+    import inspect
 
-import jax
-import jax.numpy as jnp
-
-from trainer.model import ModelConfig, next_token_losses
-from trainer.tasks import Task, register_task
-
-
-@dataclasses.dataclass(frozen=True)
-class ConstantTokensConfig:
-    vocab_size: int = 8
-    seq_len: int = 6
-
-    def sample(self, key, batch_size, data=None, *, with_info=False):
-        token = jax.random.randint(key, (batch_size, 1), 0, self.vocab_size)
-        return {"tokens": jnp.broadcast_to(token, (batch_size, self.seq_len)).astype(jnp.int32)}
-
-
-@register_task
-@dataclasses.dataclass(frozen=True)
-class ConstantTokensTask(Task):
-    kind: ClassVar[str] = "plugin_constant_tokens"
-    config_class: ClassVar[type] = ConstantTokensConfig
-
-    @classmethod
-    def build(cls, cfg, model, *, load_data):
-        model.update(head="lm", vocab_size=cfg.vocab_size, n_ctx=max(model["n_ctx"], cfg.seq_len))
-        return cls(cfg, ModelConfig.from_dict(model))
-
-    def example_loss(self, logits, example):
-        return next_token_losses(logits, example["tokens"]).mean()
-
-    def model_input(self, example):
-        return example["tokens"]
-
-    def n_positions(self, batch):
-        return batch["tokens"].shape[1]
-
-    def eval_sets(self, eval_seed, size):
-        return {"constant": self.cfg.sample(jax.random.key(eval_seed), size)}
-
-    def eval_metrics(self, name, logits, example):
-        return {f"eval_{name}_loss": next_token_losses(logits, example["tokens"])[1:].mean()}
-'''
+    header = ("import dataclasses\nfrom typing import ClassVar\n\nimport jax\nimport jax.numpy as jnp\n\n"
+              "from trainer.model import ModelConfig, next_token_losses\nfrom trainer.tasks import Task, register_task\n\n\n")
+    task = inspect.getsource(ConstantTokensTask).replace('"constant_tokens"', '"plugin_constant_tokens"')
+    return header + inspect.getsource(ConstantTokensConfig) + "\n\n" + task + "\n\nregister_task(ConstantTokensTask)\n"
 
 
 def test_scalars_train_loads_a_task_plugin_and_trains_its_kind_from_a_config_file(tmp_path):
@@ -195,7 +156,7 @@ def test_scalars_train_loads_a_task_plugin_and_trains_its_kind_from_a_config_fil
     import subprocess
     import sys
 
-    (tmp_path / "task.py").write_text(PLUGIN_TASK)
+    (tmp_path / "task.py").write_text(_plugin_source())
     (tmp_path / "cfg.json").write_text(json.dumps({
         "preset": "induction-tiny", "task": {"kind": "plugin_constant_tokens", "vocab_size": 8, "seq_len": 6},
         "train": {"steps": 40, "eval_every": 20, "eval_size": 16}, "checkpoints": {"schedule": "every:20"}}))

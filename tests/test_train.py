@@ -110,6 +110,7 @@ def test_resume_after_sigkill_is_bit_identical(reference_run, tmp_path):
         assert_same_metrics(reference_run, run)
 
 
+@pytest.mark.slow
 def test_metric_rows_not_yet_flushed_survive_a_crash_in_the_resume_state(reference_run, tmp_path, monkeypatch):
     import trainer.train as train_module
 
