@@ -40,18 +40,24 @@ def _final(da: xr.DataArray) -> np.ndarray:
     return out
 
 
+def _coord(da: xr.DataArray, dim: str, i: int) -> object:
+    """The plain Python value of coordinate `i` of `dim` (numbers, or the names of a string dim)."""
+    value = da[dim].values[i]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _top_cells(da: xr.DataArray, k: int) -> list[dict[str, object]]:
     """The k cells with the largest final value, as {dim: coord} selections (NaN-safe)."""
     dims = _cell_dims(da)
     last = _final(da)
     flat = np.argsort(np.nan_to_num(last, nan=-np.inf).ravel())[::-1][:k]
-    return [{d: da[d].values[i].item() for d, i in zip(dims, np.unravel_index(j, last.shape))} for j in flat]
+    return [{d: _coord(da, d, i) for d, i in zip(dims, np.unravel_index(j, last.shape))} for j in flat]
 
 
 def _all_cells(da: xr.DataArray) -> list[dict[str, object]]:
     """Every cell, in coordinate order."""
     dims = _cell_dims(da)
-    return [{d: da[d].values[i].item() for d, i in zip(dims, idx)}
+    return [{d: _coord(da, d, i) for d, i in zip(dims, idx)}
             for idx in np.ndindex(*(da.sizes[d] for d in dims))]
 
 

@@ -273,3 +273,17 @@ def test_show_a_many_dim_type_as_top_cells_and_its_max_over_steps(tmp_path):
     assert over[0][1:] == ["0.5000", "0,3,1,0,v"]  # at step 0 the V path leads
     assert over[-1][1:] == ["0.8000", "0,1,1,2,k"]
     assert len(over[0]) == 3, "one max column, not 192"
+
+
+def test_plot_of_a_type_with_a_string_dim_names_each_line_by_its_coordinate(tmp_path, figures):
+    """A dim with string coordinates (as `sgld_diagnostics`'s `stat`) plots a line per name."""
+    run = str(tmp_path / "s")
+    write_run_json(run, {"config": {"seeds": {"init_seed": 0}}})
+    stats = np.array(["mean_loss", "r_hat"], dtype=object)
+    ensure_variables(run, [VariableSpec("sgld_summary", ("stat",), {"stat": stats}, {"probe_hash": "x"})], STEPS)
+    write_cells(run, "sgld_summary", STEPS, np.stack([np.linspace(1, 2, len(STEPS)), np.ones(len(STEPS))], 1)
+                .astype(np.float32))
+    r = runner.invoke(app, ["plot", run, "--type", "sgld_summary", "-o", str(tmp_path / "s.png")])
+    assert r.exit_code == 0, r.output
+    (panels, _), = figures
+    assert sorted(line.get_label() for line in panels[0].get_lines()) == ["stat=mean_loss", "stat=r_hat"]
