@@ -39,10 +39,11 @@ def train_command(
     if plugin and sweep:
         raise ValueError("--plugin applies to a single run (sweep workers run in other processes); train the grid's "
                          "runs one by one with --plugin, or package the task and register it on import")
-    for path in plugin:
+    if plugin:
         import scalars
 
-        scalars.load_plugin(path)
+        for path in plugin:
+            scalars.load_plugin(path)
 
     if sweep:
         if resume is not None or from_step is not None or show_config:

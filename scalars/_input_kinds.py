@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from trainer.model import (
+    MODEL_HEADS,
     chunked_token_metrics,
     model_head,
     next_token_correct,
@@ -43,12 +44,16 @@ class InputKind:
     "default_train" reads on a model of this kind, unless the run's task names its own."""
 
     name: ClassVar[str]
-    head: ClassVar[str]  # the model head (`trainer.model.MODEL_HEADS`) that reads this kind
     arrays: ClassVar[tuple[str, ...]]
     corrupt: ClassVar[tuple[str, ...]] = ()
     default_probe: ClassVar[str]
     default_pair: ClassVar[str | None] = None
     default_train: ClassVar[str | None] = None
+
+    @property
+    def head(self) -> str:
+        """The model head that reads this kind: the `trainer.model.MODEL_HEADS` entry naming it."""
+        return next(h.name for h in MODEL_HEADS.values() if h.input_kind == self.name)
 
     def default(self, which: str) -> str | None:
         """The probe this kind's models read for `default`, `default_pair` or `default_train`
@@ -129,7 +134,7 @@ def check_token_range(tokens: np.ndarray, vocab_size: int | None, what: str) -> 
 class TokenInputs(InputKind):
     """`tokens` (B, S) int32, scored by next-token prediction at positions 0..S-2."""
 
-    name, head, arrays, corrupt = "tokens", "lm", ("tokens",), ("corrupt_tokens",)
+    name, arrays, corrupt = "tokens", ("tokens",), ("corrupt_tokens",)
     default_probe, default_pair = "repeated_tokens", "induction_pair"
 
     def seq_len(self, arrays) -> int:
@@ -197,7 +202,7 @@ class _PairSequences(InputKind):
 class ClassifierInputs(_PairSequences):
     """`examples` (B, P, d_in) and `labels` (B, P): exemplar-label sequences scored at the query."""
 
-    name, head, arrays, corrupt = "classifier", "classifier", ("examples", "labels"), ("corrupt_examples", "corrupt_labels")
+    name, arrays, corrupt = "classifier", ("examples", "labels"), ("corrupt_examples", "corrupt_labels")
     default_probe, default_pair = "icl", "label_swap_pair"
     last_label, described = "q", "exemplar x / label y"
 
@@ -226,7 +231,7 @@ class RegressionInputs(_PairSequences):
     """`xs` (B, K, D) and `ys` (B, K): in-context regression, scored by the squared error of the K
     predictions (read at the x tokens; accuracy is undefined, NaN)."""
 
-    name, head, arrays = "regression", "regression", ("xs", "ys")
+    name, arrays = "regression", ("xs", "ys")
     default_probe, default_train = "regression", "regression_pool"
     last_label, described = "x{n}", "input x / target y"
 

@@ -49,7 +49,7 @@ class Probe:
             raise ValueError(f"probe '{self.name}' needs the arrays of one input kind ({describe_kinds()}), "
                              f"got {sorted(self.arrays)}")
 
-    @property
+    @functools.cached_property
     def input_kind(self) -> InputKind:
         """What the arrays are and how a model reads and scores them (`scalars.INPUT_KINDS`)."""
         return input_kind_of(self.arrays)
