@@ -102,7 +102,7 @@ class JaxLoop:
         import jax
         import jax.numpy as jnp
 
-        from scalars._compute import model_template
+        from scalars.engine._program import model_template
         from trainer.model import next_token_losses
 
         self.jax, self.config, self.T = jax, config, T

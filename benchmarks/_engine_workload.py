@@ -49,7 +49,7 @@ def make_run(run_dir: str | Path, config: ModelConfig, n_checkpoints: int, *, se
 
 def probe_tokens(config: ModelConfig) -> np.ndarray:
     """The (16, 129) probe tokens the engine builds for `PROBE` on this config."""
-    from scalars._run_probes import build_run_probe
+    from scalars.engine._run_probes import build_run_probe
 
     info = {"config": {"task": {"bos_token": 0}}}
     return np.asarray(build_run_probe(PROBE, ".", info, config).arrays["tokens"])
@@ -60,7 +60,7 @@ def suite_flops(config: ModelConfig, batch: int = BATCH, seq: int = 2 * REPEAT +
 
     `prefix_reuse` is the issue's count: the clean forward, then per head of layer l its result
     (z_h W_O^h), layer l's MLP, layers l+1.. in full and the unembedding. `total` is what the
-    engine's algorithm does (scalars/_fast_ablation.py): the same, except that layer l's first MLP
+    engine's algorithm does (scalars/interventions/_fast_ablation.py): the same, except that layer l's first MLP
     matmul is shared by its heads (each adds only its z through W_O^h W_in, e columns) and the
     ablated runs unembed only the S-1 positions the loss reads. Attention counts the causal pairs."""
     L, H, d, m, V = config.n_layers, config.n_heads, config.d_model, config.mlp_width, config.vocab_size

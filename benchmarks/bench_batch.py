@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from scalars import compute_batch
+    import scalars
     from trainer.sweep import run_sweep
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -81,8 +81,7 @@ def main() -> None:
                 _clear(runs)
                 sched = clusters[name].scheduler.address if name in clusters else None
                 t = time.perf_counter()
-                reports = compute_batch(runs, SUITE, scheduler=sched, workers=1 if sched is None else None,
-                                        progress=False)
+                reports = scalars.compute(runs, SUITE, executor=scalars.engine.Dask(scheduler=sched, workers=1 if sched is None else None))
                 dt = time.perf_counter() - t
                 assert sum(r.checkpoints_computed for r in reports) == n_ckpt
                 times[name].append(dt)

@@ -7,7 +7,7 @@ Standard suite (issue 10): prev/dup/induction scores + zero-ablated loss of ever
 1. TransformerLens 4.x bridge over HF GPT2LMHeadModel, per checkpoint (weights loaded each time);
    skipped, with a message, without the optional `bench` extra (torch, transformer-lens).
 2. plain JAX: separate jitted calls per ablation, jit reused across checkpoints (warm).
-3. the engine: `compute_run` over the run's zarr archive (loading, compile and writing included;
+3. the engine: `scalars.compute` over the run's zarr archive (loading, compile and writing included;
    "steady" is the per-checkpoint time after the first block, compile excluded).
 4. a 2048^3 float32 matmul, repeated during the run: its best rate is the machine's peak here.
 
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import store  # noqa: E402
 from _engine_peers import SCORES, JaxLoop, TransformerLensLoop, torch_available  # noqa: E402
 from _engine_workload import PROBE, REPEAT, SIZES, SUITE, make_run, probe_tokens, suite_flops  # noqa: E402
-from scalars import compute_run  # noqa: E402
+import scalars  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -60,11 +60,10 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def time_engine(run: Path, n: int) -> dict[str, float]:
-    """compute_run over every checkpoint (forced recompute): end-to-end and steady per checkpoint."""
+    """scalars.compute over every checkpoint (forced recompute): end-to-end and steady per checkpoint."""
     stamps: list[float] = []
     t0 = time.perf_counter()
-    report = compute_run(run, SUITE, probe=PROBE, force=True,
-                         on_progress=lambda done, total: stamps.append(time.perf_counter()))
+    report = scalars.compute(run, SUITE, probe=PROBE, force=True, on_progress=lambda done, total: stamps.append(time.perf_counter()))[0]
     total = time.perf_counter() - t0
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
     return {"per_ckpt": total / n, "steady": steady, "first": stamps[0] - t0, "traces": report.traces}

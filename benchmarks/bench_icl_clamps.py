@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 
 import scalars
-from scalars._icl_types import clamp_losses
-from scalars._interventions import head_ablation_metrics
+from scalars.types._icl import clamp_losses
+from scalars.interventions._ablation import head_ablation_metrics
 from trainer.importers import icl_dynamics_probe, load_icl_dynamics_model, read_icl_dynamics_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "icl-dynamics"
@@ -41,7 +41,7 @@ def main(stride: int = 4) -> None:
     config_json = read_icl_dynamics_config(RUN)
     _, model = load_icl_dynamics_model(RUN / "checkpoints" / "00000100000.eqx", config_json)
     arrays = icl_dynamics_probe(config_json, train_exemplar0=FIXTURES / "synthetic_data" / "train_classes_exemplar0.npy")
-    probe = scalars.from_classifier_arrays(name="icl_dynamics", **{k: v[::stride] for k, v in arrays.items()})
+    probe = scalars.probes.from_classifier_arrays(name="icl_dynamics", **{k: v[::stride] for k, v in arrays.items()})
     params, static = eqx.partition(model, eqx.is_array)
     inputs = {k: jnp.asarray(v) for k, v in probe.inputs.items()}
 
@@ -66,7 +66,7 @@ def main(stride: int = 4) -> None:
     types = ["induction_strength", "prev_token_score_corrected", "loss", "accuracy", "layer_removal_loss"]
     times = {}
     for s in (16, 1):
-        p = scalars.from_classifier_arrays(name="icl_dynamics", **{k: v[::s] for k, v in arrays.items()})
+        p = scalars.probes.from_classifier_arrays(name="icl_dynamics", **{k: v[::s] for k, v in arrays.items()})
         fn = scalars.make_compute_fn(types, model.config, p)
         times[s] = best_of(lambda: fn(params), repeats=2)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -25,8 +25,8 @@ import numpy as np
 
 import scalars
 import store
-from scalars._llc import SGLD_OPTIONS, probe_loss_fn
-from scalars._sgld import SGLDSettings, llc_from_losses, sgld_losses
+from scalars.types._llc import SGLD_OPTIONS, probe_loss_fn
+from scalars.interventions._sgld import SGLDSettings, llc_from_losses, sgld_losses
 from trainer.model import ModelConfig, build_model, load_named_leaves
 
 
@@ -57,7 +57,7 @@ def main() -> None:
         train(resolve_config("icl-regression", None, ["train.steps=600"]), run, progress=False)
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
-    probe = scalars.build_run_probe("regression_pool", run, info, config)
+    probe = scalars.engine.build_run_probe("regression_pool", run, info, config)
     steps = [int(s) for s in store.open_archive(run).steps[-args.checkpoints:]]
     params = [load_params(run, s, config) for s in steps]
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params[0]))

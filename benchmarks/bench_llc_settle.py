@@ -27,8 +27,8 @@ import numpy as np
 
 import scalars
 import store
-from scalars._llc import SGLD_OPTIONS
-from scalars._sgld import STATS, SGLDSettings, llc_from_losses, sgld_losses
+from scalars.types._llc import SGLD_OPTIONS
+from scalars.interventions._sgld import STATS, SGLDSettings, llc_from_losses, sgld_losses
 
 BUDGETS = [(20, 80), (200, 200), (400, 400)]  # (burn_in, draws); the first is the old default
 
@@ -79,12 +79,10 @@ def settle(run: Path, steps: list[int], burn_in: int, draws: int) -> list[str]:
     shutil.copytree(run, work)
     try:
         t = time.perf_counter()
-        scalars.compute_run(work, ["llc", "sgld_diagnostics"], steps=str(steps[0]),
-                            options={"llc": opts, "sgld_diagnostics": opts})
+        scalars.compute(work, ["llc", "sgld_diagnostics"], steps=str(steps[0]), options={"llc": opts, "sgld_diagnostics": opts})
         first = time.perf_counter() - t
         t = time.perf_counter()
-        scalars.compute_run(work, ["llc", "sgld_diagnostics"], steps=",".join(map(str, steps[1:])),
-                            options={"llc": opts, "sgld_diagnostics": opts})
+        scalars.compute(work, ["llc", "sgld_diagnostics"], steps=",".join(map(str, steps[1:])), options={"llc": opts, "sgld_diagnostics": opts})
         per = (time.perf_counter() - t) / max(len(steps) - 1, 1)
         ds = store.open_scalars(work)
         rows = []

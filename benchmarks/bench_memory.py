@@ -1,6 +1,6 @@
 """Peak RSS of the engine over 64, 256 and 1024 checkpoints: the archive is streamed, never loaded whole.
 
-Each count runs `compute_run` (the standard suite of issue 10 on size (a): scores + zero-ablated
+Each count runs `scalars.compute` (the standard suite of issue 10 on size (a): scores + zero-ablated
 loss of every head, 16 x 129-token probe) in a fresh subprocess over a run of that many
 checkpoints, and reads the child's peak resident set size (getrusage ru_maxrss). Each count is
 measured `--repeats` times (the peak depends on whether the two compute streams' temporaries
@@ -27,9 +27,9 @@ CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {bench!r})
 from _engine_workload import PROBE, SUITE
-from scalars import compute_run
+import scalars
 t0 = time.perf_counter()
-report = compute_run({run!r}, SUITE, probe=PROBE, force=True)
+[report] = scalars.compute({run!r}, SUITE, probe=PROBE, force=True)
 seconds = time.perf_counter() - t0
 print(json.dumps({{"checkpoints": report.checkpoints_computed, "seconds": seconds,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
@@ -37,7 +37,7 @@ print(json.dumps({{"checkpoints": report.checkpoints_computed, "seconds": second
 
 
 def measure(run: Path) -> dict:
-    """Peak RSS (MiB) and time of compute_run over `run` in a fresh Python process."""
+    """Peak RSS (MiB) and time of scalars.compute over `run` in a fresh Python process."""
     code = CHILD.format(bench=str(Path(__file__).resolve().parent), run=str(run))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

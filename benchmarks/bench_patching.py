@@ -22,7 +22,7 @@ import numpy as np
 
 import scalars
 import store
-from scalars._patch_naive import NAIVE_TYPES, NaivePatcher
+from scalars.reference._patching import NAIVE_TYPES, NaivePatcher
 from trainer.model import ModelConfig, build_model, load_named_leaves
 
 EXACT = NAIVE_TYPES[:5]
@@ -36,7 +36,7 @@ def load_model(run: Path, step: int, config: ModelConfig):
 
 def naive_suite(model, pair) -> dict[str, np.ndarray]:
     patcher = NaivePatcher(model, pair)
-    return {n: scalars.naive_patching(n, model, pair, patcher=patcher) for n in NAIVE_TYPES}
+    return {n: scalars.reference.naive_patching(n, model, pair, patcher=patcher) for n in NAIVE_TYPES}
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
         train(resolve_config("induction-tiny"), run, progress=False)
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
-    pair = scalars.build_run_probe("induction_pair", run, info, config)
+    pair = scalars.engine.build_run_probe("induction_pair", run, info, config)
     steps = [int(s) for s in store.open_archive(run).steps[-args.checkpoints:]]
     models = [load_model(run, s, config) for s in steps]
     fast = {hb: scalars.make_compute_fn(NAIVE_TYPES, config, pair, head_batching=hb) for hb in ("map", "vmap")}

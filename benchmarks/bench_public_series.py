@@ -10,7 +10,7 @@ Standard suite (`types=["standard"]`: induction / prev-token / duplicate-token s
 loss of every head, clean loss) on the probe `repeated_tokens:batch=16,T=64`: 16 sequences of BOS +
 64 random tokens repeated = 129 tokens, as bench_engine.py (tokens < 50304 here). In this one process:
 
-1. the engine: `compute_run` over the imported run (archive loading, compile and writing included;
+1. the engine: `scalars.compute` over the imported run (archive loading, compile and writing included;
    "steady" is the per-checkpoint time after the first block, compile excluded), run over every
    checkpoint, then again after the peer on its first --again-checkpoints (default 1) checkpoints,
    compiled program reused (the machine's load drifts: the best of the two is compared).
@@ -23,7 +23,7 @@ loss of every head, clean loss) on the probe `repeated_tokens:batch=16,T=64`: 16
 4. disk: a fresh 1 GiB file read sequentially after posix_fadvise(DONTNEED) (its page-cache
    residency checked with mincore, so the figure says whether it was cold), against one
    checkpoint's `store.open_archive(run).load(step)` read the same way (cold) and again (cached).
-5. with --rss: peak RSS (VmHWM; see `rss_child` for why not ru_maxrss) of `compute_run` at 16 and at 64 checkpoints (--rss-counts),
+5. with --rss: peak RSS (VmHWM; see `rss_child` for why not ru_maxrss) of `scalars.compute` at 16 and at 64 checkpoints (--rss-counts),
    each in a fresh subprocess; those series hardlink the first 16 real checkpoints' files (steps
    16.. repeat steps 0..15's weights: the work and memory per checkpoint do not depend on the
    values), but each import still writes a full archive (64 x 282 MB) unless it references the
@@ -140,8 +140,8 @@ def import_series(series: Path, run: Path, n: int) -> tuple[Path, float | None]:
 
 def probe_tokens(run: Path) -> np.ndarray:
     """The (16, 129) tokens the engine builds for PROBE on this run."""
-    from scalars import build_run_probe
-    from scalars._plan import load_run_model_config
+    from scalars.engine import build_run_probe
+    from scalars.engine._plan import load_run_model_config
 
     info, config = load_run_model_config(run)
     return np.asarray(build_run_probe(PROBE, run, info, config).arrays["tokens"])
@@ -151,7 +151,7 @@ def suite_flops(config, batch: int = BATCH, seq: int = 2 * REPEAT + 1) -> dict[s
     """FLOPs of the standard suite for one checkpoint, counted analytically (2 per multiply-add,
     matmuls only: softmax, norms, gelu and rotary not counted; attention counts causal pairs).
 
-    `engine`: what scalars/_fast_ablation.py does for a parallel-residual model: the clean forward
+    `engine`: what scalars/interventions/_fast_ablation.py does for a parallel-residual model: the clean forward
     (all S positions unembedded), then per head of layer l: its term z_h W_O^h taken off resid_post
     (layer l's MLP read resid_pre, which the ablation leaves unchanged, so it is not re-run), layers
     l+1.. in full and the unembedding of the S-1 positions the loss reads. `full_forwards`: what the
@@ -204,14 +204,13 @@ def unembed_rates(config, repeats: int = 3) -> dict[str, float]:
 
 # -- the engine ---------------------------------------------------------------------------------
 def time_engine(run: Path, steps: str | None = None) -> dict[str, float]:
-    """compute_run(types=["standard"]) forced over `steps` (all by default): per checkpoint end to end
+    """scalars.compute(types=["standard"]) forced over `steps` (all by default): per checkpoint end to end
     (compile included on a first call), the time to the first block, and steady (after it)."""
-    from scalars import compute_run
+    import scalars
 
     stamps: list[float] = []
     t0 = time.perf_counter()
-    report = compute_run(run, ["standard"], probe=PROBE, steps=steps, force=True,
-                         on_progress=lambda done, total: stamps.append(time.perf_counter()))
+    report = scalars.compute(run, ["standard"], probe=PROBE, steps=steps, force=True, on_progress=lambda done, total: stamps.append(time.perf_counter()))[0]
     total = time.perf_counter() - t0
     n = report.checkpoints_computed
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else total
@@ -428,11 +427,11 @@ def rss_child(run: Path) -> None:
     The peak is VmHWM, the high-water mark of this process's own memory map: ru_maxrss is not used,
     because Linux carries a parent's peak into a child across (v)fork + exec (a child of a 2 GiB
     parent reports ru_maxrss >= 2 GiB before doing anything), which would hide the child's own peak."""
-    from scalars import compute_run
+    import scalars
 
     base = vm_hwm_kb()
     t0 = time.perf_counter()
-    report = compute_run(run, ["standard"], probe=PROBE, force=True)
+    report = scalars.compute(run, ["standard"], probe=PROBE, force=True)[0]
     print(json.dumps({"peak_kb": vm_hwm_kb(), "after_imports_kb": base,
                       "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                       "seconds": time.perf_counter() - t0, "checkpoints": report.checkpoints_computed}))
@@ -510,7 +509,7 @@ def main() -> None:
     if extra:
         series_dir = link_series(wd / f"series_{tag}_first{args.checkpoints}", dirs, args.checkpoints)
     run, import_s = import_series(series_dir, wd / f"run_{tag}_{args.checkpoints}", args.checkpoints)
-    from scalars._plan import load_run_model_config
+    from scalars.engine._plan import load_run_model_config
 
     _, config = load_run_model_config(run)
     steps = [int(s) for s in store.open_archive(run).steps]

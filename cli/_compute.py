@@ -1,4 +1,4 @@
-"""`scalars compute` and `scalars types`: thin wrappers over `scalars.compute_run` and the registry."""
+"""`scalars compute`, `scalars types` and `scalars probes`: thin wrappers over `scalars.compute` and the registries."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ console = Console()
 
 
 def _load_plugins(plugins: list[str]) -> None:
-    from scalars import load_entry_point_plugins, load_plugin
+    from scalars.registry import load_entry_point_plugins, load_plugin
 
     load_entry_point_plugins()
     for path in plugins:
@@ -54,25 +54,29 @@ def compute_command(
 
     Several runs (or --workers N, or --scheduler ADDR) run on dask.distributed; see docs/batch.md.
     """
-    from scalars import StallError, compute_batch, estimate_batch
-    from scalars._cost import format_estimate
-    from scalars._options import parse_type_options
+    import scalars
+    from scalars.engine import Dask, StallError, format_estimate, parse_type_options
+
+    from ._progress import CellProgress
 
     _load_plugins(plugin)
     # a type's failure at run time is reported once below, without JAX's logged traceback of it
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     if estimate:
-        for est in estimate_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
-                                  block_size=block_size, plugins=plugin, options=parse_type_options(option)):
+        for est in scalars.estimate(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                                    block_size=block_size, plugins=plugin, options=parse_type_options(option)):
             for line in format_estimate(est):
                 _log(line)
         return
+    executor = Dask(workers=workers, scheduler=scheduler, steps_per_task=steps_per_task)  # one run: in process
+    plans = scalars.plan(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
+                         options=parse_type_options(option))
     try:
-        reports = compute_batch(run_dirs, type_, all_types=all_, steps=steps, probe=probe, force=force,
-                                block_size=block_size, workers=workers, scheduler=scheduler,
-                                steps_per_task=steps_per_task, plugins=plugin, progress=not quiet,
-                                log=_log, options=parse_type_options(option), stall_timeout=stall_timeout,
-                                type_timing=True)
+        total = sum(p.n_cells for p in plans)
+        with CellProgress(total, enabled=not quiet and total > 0) as bar:
+            reports = scalars.compute(run_dirs, all_types=all_, plans=plans, executor=executor, block_size=block_size,
+                                      plugins=plugin, on_progress=lambda done, _total: bar.update(done), log=_log,
+                                      stall_timeout=stall_timeout, type_timing=True)
     except StallError as exc:  # its stuck threads never return: leave at once (nothing half-written is left)
         exit_now(str(exc), code=3)
     failed = False
@@ -93,7 +97,7 @@ def compute_command(
 @user_errors
 def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more types")) -> None:
     """List the registered derived-scalar types: name, dims, probe, description."""
-    from scalars import list_types
+    from scalars.registry import list_types
 
     _load_plugins(plugin)
     rows = [(t.name, ", ".join(("step",) + tuple(t.dims)), _probe_words(t.probe), t.requires or "any",
@@ -117,7 +121,7 @@ def types_command(plugin: list[str] = typer.Option([], "--plugin", help="python 
 def probes_command(plugin: list[str] = typer.Option([], "--plugin", help="python file that registers more probes or "
                                                                         "types")) -> None:
     """List the named probes a run can build (`--probe NAME:key=N,...`): model head, options, description."""
-    from scalars import list_probes
+    from scalars.probes import list_probes
 
     _load_plugins(plugin)
     for b in list_probes():

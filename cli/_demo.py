@@ -13,9 +13,11 @@ console = Console()
 
 def run_demo(out: str) -> None:
     import store
-    from scalars import compute_runs
-    from scalars.plotting import plot_type
-    from scalars.tables import top_heads
+    import scalars
+
+    from ._progress import CellProgress
+    from scalars.view.plotting import plot_type
+    from scalars.view.tables import top_heads
     from trainer.config import resolve_config
     from trainer.train import train
 
@@ -28,7 +30,11 @@ def run_demo(out: str) -> None:
         console.rule(f"1. {run} already holds a run: finishing it if it was interrupted")
         train(store.read_run_json(run)["config"], run, resume=True)
     console.rule("2. compute the standard suite over every checkpoint")
-    for rep in compute_runs([str(run)], ["standard"], log=console.print):
+    plans = scalars.plan(run, ["standard"])
+    total = sum(p.n_cells for p in plans)
+    with CellProgress(total, enabled=total > 0) as bar:
+        reports = scalars.compute(run, plans=plans, log=console.print, on_progress=lambda done, _total: bar.update(done))
+    for rep in reports:
         console.print(f"{rep.cells_computed} cells over {rep.checkpoints_computed} checkpoints in {rep.seconds:.1f}s")
     ds = store.open_scalars(run)
     last = int(ds.step[-1])

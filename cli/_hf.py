@@ -28,7 +28,7 @@ def export_command(
     if format_ != "hf":
         raise ValueError(f"--format {format_!r} is not supported; use --format hf")
     import store
-    from scalars import select_steps
+    from scalars.engine import select_steps
     from trainer.hf_families import export_hf
 
     if not store.is_run_dir(run_dir):
@@ -38,7 +38,7 @@ def export_command(
     if at is None:
         raise ValueError(f"--step takes one step (a number, first or last), got {step!r}")
     path = export_hf(run_dir, int(at), out)
-    console.print(f"wrote {path}/config.json and {path}/model.safetensors (step {int(at)})")
+    console.print(f"wrote {path}/config.json and {path}/model.safetensors (step {int(at)})", soft_wrap=True)
 
 
 @user_errors
@@ -53,4 +53,4 @@ def export_scalars_command(
     from store.export import export_scalars
 
     path = export_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs, out, format_, types=type_ or None)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", soft_wrap=True)

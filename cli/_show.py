@@ -26,8 +26,8 @@ def show_command(
 ) -> None:
     """Show what runs store, the top heads of a type at a step, and a type at every step."""
     import store
-    from scalars import select_steps
-    from scalars.tables import nearest_step, over_steps, top_cells, top_heads
+    from scalars.engine import select_steps
+    from scalars.view.tables import nearest_step, over_steps, top_cells, top_heads
 
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
@@ -100,12 +100,12 @@ def plot_command(
 ) -> None:
     """Plot stored scalars: step x head heatmaps and top heads, or lines comparing runs and types."""
     import store
-    from scalars.plotting import plot_type
+    from scalars.view.plotting import plot_type
 
     check_output_file(out)
     ds = store.open_scalars(run_dirs[0] if len(run_dirs) == 1 else run_dirs)
     n = plot_type(ds, type_, out, log_step=log_step, overlay=overlay, head=_parse_head(head), align_at=align_at)
-    console.print(f"wrote {out} ({n} panels)")
+    console.print(f"wrote {out} ({n} panels)", soft_wrap=True)
 
 
 def _parse_head(text: str | None) -> tuple[int, int] | None:

@@ -38,7 +38,7 @@ from store.dims import (
 if TYPE_CHECKING:
     from trainer.model import ModelConfig
 
-    from ._probes import Probe
+    from .probes._probe import Probe
 
 __all__ = [
     "STEP", "LAYER", "HEAD", "SRC_LAYER", "SRC_HEAD", "DST_LAYER", "DST_HEAD", "POS", "QUERY_POS", "KEY_POS", "NEURON", "SIDE", "CHAIN",

@@ -33,6 +33,6 @@ def seed_runs(tmp_path_factory) -> Path:
                                                                        f"seeds.train_seed={seed}"])
         train(config, run, progress=False)
         dirs.append(str(run))
-    scalars.compute_runs(dirs, TYPES, progress=False)
+    scalars.compute(dirs, TYPES)
     done.touch()
     return base

@@ -14,7 +14,7 @@ import pytest
 from _marks import slow_except
 
 import store
-from scalars import compute_run
+import scalars
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -29,7 +29,7 @@ def run_with_scalars(tiny_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("bad") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock-*"))
-    compute_run(run, ["induction_score", "loss"])
+    scalars.compute(run, ["induction_score", "loss"])
     return run
 
 

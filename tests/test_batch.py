@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 import store
 from cli.app import app
-from scalars import compute_run
-from scalars import compute_batch
+import scalars
 from trainer.executor import batch_client
 from trainer.sweep import expand_sweep, run_sweep
 
@@ -54,7 +53,7 @@ def reference(sweep_runs, tmp_path_factory):
     out = {}
     for run in sweep_runs:
         copy = _copy(run, base)
-        compute_run(copy, TYPES)
+        scalars.compute(copy, TYPES)
         out[os.path.basename(run)] = _values(copy)
     return out
 
@@ -116,10 +115,9 @@ def test_sweep_grid_names_configs_and_coords(sweep_runs, cluster, tmp_path):
 @pytest.mark.slow
 def test_cluster_batch_equals_single_process(sweep_runs, reference, cluster, tmp_path):
     runs = [_copy(r, tmp_path) for r in sweep_runs]
-    compute_run(runs[0], TYPES, steps="0-10")  # some cells already there: only the rest is computed
+    scalars.compute(runs[0], TYPES, steps="0-10")  # some cells already there: only the rest is computed
     lines = []
-    reports = compute_batch(runs, TYPES, scheduler=cluster.scheduler.address, steps_per_task=3, progress=False,
-                            log=lines.append)
+    reports = scalars.compute(runs, TYPES, log=lines.append, executor=scalars.engine.Dask(scheduler=cluster.scheduler.address, steps_per_task=3))
     assert lines[0] == f"{4 * 5 * 3 - 2 * 3} cells to compute over 4 run(s)"
     assert any(line.startswith("using the dask cluster at tcp://") and "dashboard http://" in line for line in lines)
     assert sum(r.cells_computed for r in reports) == 4 * 5 * 3 - 2 * 3
@@ -151,14 +149,13 @@ def test_killed_worker_is_retried_and_nothing_is_lost(sweep_runs, reference, clu
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
 
-    reports = compute_batch(runs, TYPES, scheduler=cluster.scheduler.address, steps_per_task=2, progress=False,
-                            on_task_done=kill_a_busy_worker)
+    reports = scalars.compute(runs, TYPES, on_task_done=kill_a_busy_worker, executor=scalars.engine.Dask(scheduler=cluster.scheduler.address, steps_per_task=2))
     assert len(killed) == 1
     with pytest.raises(ProcessLookupError):
         os.kill(killed[0], 0)
     assert sum(r.cells_computed for r in reports) <= 4 * 5 * 3
     _assert_equal_to(reference, runs)
-    assert compute_batch(runs, TYPES, scheduler=cluster.scheduler.address, progress=False)[0].cells_computed == 0
+    assert scalars.compute(runs, TYPES, executor=scalars.engine.Dask(scheduler=cluster.scheduler.address))[0].cells_computed == 0
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarted it for the next tests
 
 
@@ -172,7 +169,7 @@ def test_two_concurrent_computes_on_one_run(sweep_runs, reference, cluster, tmp_
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outs = [p.communicate(timeout=240) for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
-    compute_run(run, TYPES)  # what neither command asked for: logit_lens_loss at step 0
+    scalars.compute(run, TYPES)  # what neither command asked for: logit_lens_loss at step 0
     assert store.open_scalars(run, with_masks=True)[f"computed__{TYPES[2]}"].values.all()
     # different fused programs may differ in the last bits; every cell is still the same computation
     _assert_equal_to(reference, [run], rtol=1e-5)
@@ -272,11 +269,57 @@ def test_series_read_in_place_compute_on_the_cluster_as_in_one_process(cluster, 
     runs = [str(import_hf([make_series(tmp_path / f"series{s}", seed=s)], tmp_path / f"seed{s}")) for s in (0, 1)]
     single = [str(_copy(r, tmp_path / "single")) for r in runs]
     for r in single:
-        compute_run(r, TYPES)
-    reports = compute_batch(runs, TYPES, scheduler=cluster.scheduler.address, steps_per_task=2, progress=False)
+        scalars.compute(r, TYPES)
+    reports = scalars.compute(runs, TYPES, executor=scalars.engine.Dask(scheduler=cluster.scheduler.address, steps_per_task=2))
     assert [r.failed_steps for r in reports] == [{}, {}] and sum(r.cells_computed for r in reports) == 2 * 3 * 3
     ds, want = store.open_scalars(runs), store.open_scalars(single)
     assert ds.sizes["run"] == 2 and ds.step.values.tolist() == [0, 10, 20]
     for t in TYPES:
         np.testing.assert_array_equal(ds[t].values, want[t].values)
     assert not np.array_equal(ds["ablated_loss"].values[0], ds["ablated_loss"].values[1])
+
+
+SHIPPED_PLUGIN = '''
+import jax.numpy as jnp
+import scalars
+
+@scalars.register("shipped_norm", dims=("layer",), probe=None, description="mean |W_O| per layer (a plugin type)")
+def shipped_norm(model, probe, clean, ctx):
+    return jnp.stack([jnp.abs(b.attn.W_O).mean() for b in model.blocks])
+'''
+
+
+def test_a_shipped_plan_is_the_plan_a_worker_runs_without_planning_again(tiny_run, copy_run, tmp_path):
+    """What a cluster task receives: the client's plan, types by name (a plugin's function does not
+    travel), probes with their registered input kind; restricted to the task's steps it computes
+    exactly those cells, to the values an in-process compute stores."""
+    import cloudpickle
+
+    from scalars.engine._batch import restrict_plan, ship_plan, unship_plan
+
+    plugin = tmp_path / "shipped.py"
+    plugin.write_text(SHIPPED_PLUGIN)
+    scalars.load_plugin(plugin)
+    run, reference = copy_run(tiny_run, "shipped"), copy_run(tiny_run, "in_process")
+    [plan] = scalars.plan(run, ["shipped_norm", "induction_score"])
+    wire = cloudpickle.dumps(ship_plan(plan))
+    (tmp_path / "shipped.pkl").write_bytes(wire)
+    (tmp_path / "unshipped.pkl").write_bytes(cloudpickle.dumps(plan))
+    load = "import cloudpickle, sys; cloudpickle.loads(open(sys.argv[1], 'rb').read()); print('ok')"
+    fresh = [subprocess.run([sys.executable, "-c", load, str(tmp_path / f)], capture_output=True, text=True)
+             for f in ("shipped.pkl", "unshipped.pkl")]
+    # a worker that has not loaded the plugin yet can read the shipped plan, not the plan itself
+    assert fresh[0].stdout.strip() == "ok", fresh[0].stderr
+    assert fresh[1].returncode != 0 and "ModuleNotFoundError" in fresh[1].stderr
+    received = unship_plan(cloudpickle.loads(wire))
+    assert [t.name for t in received.types] == [t.name for t in plan.types]
+    assert received.probes["induction_score"].input_kind is plan.probes["induction_score"].input_kind
+    part = restrict_plan(received, [10, 20])
+    assert {k: v.tolist() for k, v in part.missing.items()} == {"shipped_norm": [10, 20], "induction_score": [10, 20]}
+    report = scalars.engine.run_plan(part)
+    assert report.cells_computed == 4
+    scalars.compute(reference, ["shipped_norm", "induction_score"])
+    got, want = store.open_scalars(run, with_masks=True), store.open_scalars(reference)
+    assert got["computed__induction_score"].values.tolist() == [s in (10, 20) for s in got.step.values]
+    for name in ("shipped_norm", "induction_score"):
+        np.testing.assert_array_equal(got[name].sel(step=[10, 20]).values, want[name].sel(step=[10, 20]).values)

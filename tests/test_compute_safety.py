@@ -15,8 +15,8 @@ import pytest
 
 import scalars
 import store
-from scalars._engine import pool_blocking_kernels
-from scalars._registry import code_fingerprint
+from scalars.engine._run import pool_blocking_kernels
+from scalars.registry import code_fingerprint
 
 EIG_PLUGIN = '''
 import jax.numpy as jnp
@@ -126,9 +126,9 @@ def test_a_stalled_compute_names_what_it_ran_and_exits(tiny_run, copy_run, tmp_p
 def test_force_with_steps_resets_only_the_cells_it_recomputes(tiny_run, copy_run):
     run = copy_run(tiny_run)
     steps = store.open_archive(run).steps
-    scalars.compute_run(run, ["induction_score", "prev_token_score"])
+    scalars.compute(run, ["induction_score", "prev_token_score"])
     before = store.open_scalars(run)
-    rep = scalars.compute_run(run, ["induction_score"], steps="20-30", force=True)
+    rep = scalars.compute(run, ["induction_score"], steps="20-30", force=True)[0]
     assert rep.cells_computed == 2 and not rep.warnings
     after = store.open_scalars(run)
     assert store.computed_mask(run, "induction_score").all()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import scalars
 import store
 from cli.app import app
-from scalars._cost import format_estimate, split_seconds, type_flops
+from scalars.engine._cost import format_estimate, split_seconds, type_flops
 
 HEAVY, LIGHT = "cost_test_heavy", "cost_test_light"
 
@@ -34,8 +34,8 @@ def planted_types():
         return model.blocks[0].attn.W_Q.sum()
 
     yield
-    scalars.unregister(HEAVY)
-    scalars.unregister(LIGHT)
+    scalars.registry.unregister(HEAVY)
+    scalars.registry.unregister(LIGHT)
 
 
 def _tree_digest(path: Path) -> str:
@@ -57,7 +57,7 @@ def test_split_seconds_is_proportional_and_sums_to_the_total():
 
 
 def test_type_flops_counts_the_planted_matmuls(planted_types, tiny_run):
-    plan = scalars.plan_compute(tiny_run, [HEAVY, LIGHT])
+    plan = scalars.plan(tiny_run, [HEAVY, LIGHT])[0]
     flops = type_flops(plan, [HEAVY, LIGHT])
     assert flops[HEAVY] >= 64 * 2 * 128 ** 3  # XLA counts every multiply-add of the chain
     assert flops[LIGHT] < flops[HEAVY] / 1000
@@ -65,18 +65,18 @@ def test_type_flops_counts_the_planted_matmuls(planted_types, tiny_run):
 
 def test_report_splits_time_by_flops(planted_types, tiny_run, copy_run):
     run = copy_run(tiny_run)
-    assert scalars.compute_run(copy_run(tiny_run, "untimed"), [HEAVY, LIGHT]).type_seconds == {}  # opt-in
-    rep = scalars.compute_run(run, [HEAVY, LIGHT], type_timing=True)
+    assert scalars.compute(copy_run(tiny_run, "untimed"), [HEAVY, LIGHT])[0].type_seconds == {}  # opt-in
+    rep = scalars.compute(run, [HEAVY, LIGHT], type_timing=True)[0]
     assert set(rep.type_seconds) == {HEAVY, LIGHT}
     assert rep.type_seconds[HEAVY] > 100 * rep.type_seconds[LIGHT]
     assert sum(rep.type_seconds.values()) <= rep.seconds
-    assert scalars.compute_run(run, [HEAVY, LIGHT], type_timing=True).type_seconds == {}  # nothing left
+    assert scalars.compute(run, [HEAVY, LIGHT], type_timing=True)[0].type_seconds == {}  # nothing left
 
 
 @pytest.mark.slow
 def test_estimate_measures_without_storing_and_all_prints_an_estimate_first(planted_types, tiny_run, copy_run):
     run = copy_run(tiny_run)
-    scalars.compute_run(run, ["induction_score"])
+    scalars.compute(run, ["induction_score"])
     before = _tree_digest(run)
     result = CliRunner().invoke(app, ["compute", str(run), "--type", HEAVY, "--type", LIGHT,
                                       "--type", "induction_score", "--estimate"])
@@ -97,7 +97,7 @@ def test_estimate_measures_without_storing_and_all_prints_an_estimate_first(plan
 
 
 def test_estimate_lines_name_size_and_time():
-    est = scalars.CostEstimate("r", cells=12, checkpoints=4, flops={"a": 3e9, "b": 1e9},
+    est = scalars.engine.CostEstimate("r", cells=12, checkpoints=4, flops={"a": 3e9, "b": 1e9},
                                compile_seconds=2.0, seconds_per_checkpoint=0.5)
     lines = format_estimate(est)
     assert lines[0] == "r: 2 type(s) x 4 checkpoint(s) = 12 cells; 4 GFLOP per checkpoint if each type ran alone " \

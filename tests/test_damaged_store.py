@@ -15,7 +15,7 @@ import pytest
 from _marks import slow_except
 
 import store
-from scalars import compute_run
+import scalars
 
 VAR = "induction_score"
 
@@ -24,7 +24,7 @@ VAR = "induction_score"
 def computed_run(tiny_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("damaged") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock-*"))
-    compute_run(run, [VAR, "prev_token_score"])
+    scalars.compute(run, [VAR, "prev_token_score"])
     return run
 
 
@@ -81,7 +81,7 @@ def test_a_damaged_cell_is_named_and_never_shown_as_data(kind, computed_run, cop
     np.testing.assert_array_equal(store.open_scalars(run).prev_token_score.values.shape[0], good.shape[0])
     if kind == "missing_chunk":  # compute sees the cell as missing and recomputes it
         assert store.missing_steps(run, VAR, [0, 10, 20, 30]).tolist() == [20]
-        assert compute_run(run, [VAR]).cells_computed == 1
+        assert scalars.compute(run, [VAR])[0].cells_computed == 1
     else:  # the message says how to recompute one damaged cell
         res = cli("compute", str(run), "--type", VAR, "--steps", "20", "--force", "-q")
         assert res.returncode == 0, res.stderr
@@ -108,7 +108,7 @@ def test_a_missing_mask_reads_as_uncomputed_and_compute_repairs_it(computed_run,
     damage(run, "missing_mask")
     assert any("no computed mask" in p for p in store.verify_scalars(run))
     assert np.isnan(store.open_scalars(run)[VAR].values).all()  # nothing shown as computed
-    assert compute_run(run, [VAR]).cells_computed == good.shape[0]
+    assert scalars.compute(run, [VAR])[0].cells_computed == good.shape[0]
     np.testing.assert_array_equal(store.open_scalars(run)[VAR].values, good)
     assert store.verify_scalars(run) == []
 
@@ -132,5 +132,5 @@ def test_temporary_files_a_killed_compute_left_are_noted_then_removed(computed_r
     notes: list[str] = []
     assert store.verify_scalars(run, notes) == []
     assert any(str(stale) in n and "killed writer" in n for n in notes)
-    compute_run(run, [VAR], steps="0")  # the next writer
+    scalars.compute(run, [VAR], steps="0")  # the next writer
     assert not stale.exists() and fresh.exists()

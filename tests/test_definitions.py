@@ -181,11 +181,11 @@ def reference_dla(model, probe, *, fold_value_biases: bool) -> np.ndarray:
 @pytest.fixture(scope="module")
 def lm_model_and_probe():
     model = random_model(LM_CFG, 3)
-    return model, scalars.repeated_tokens(seed=0, batch=4, T=6, vocab_size=LM_CFG.vocab_size)
+    return model, scalars.probes.repeated_tokens(seed=0, batch=4, T=6, vocab_size=LM_CFG.vocab_size)
 
 
 def test_direct_logit_attribution_unfolded_and_folded_equal_references(lm_model_and_probe):
-    from scalars._options import parse_type_options
+    from scalars.engine._options import parse_type_options
 
     model, probe = lm_model_and_probe
     unfolded = compute(model, ["direct_logit_attribution"], probe)["direct_logit_attribution"]
@@ -216,7 +216,7 @@ def test_direct_logit_attribution_fold_option_is_checked_when_planned():
     dst = scalars.get_type("direct_logit_attribution")
     assert dst.options == {"fold_value_biases": False} and dst.version == 2
     with pytest.raises(ValueError, match="fold_value_biases must be true or false, got 'yes'"):
-        dst.validate(scalars.resolve_options(dst, {"fold_value_biases": "yes"}), None)
+        dst.validate(scalars.registry.resolve_options(dst, {"fold_value_biases": "yes"}), None)
 
 
 def test_folded_dla_is_zero_for_a_head_that_only_writes_its_value_bias():
@@ -228,7 +228,7 @@ def test_folded_dla_is_zero_for_a_head_that_only_writes_its_value_bias():
     p["blocks.1.ln1.b"][:] = 0.0
     p["blocks.1.attn.b_V"][2] *= 10.0  # a write large enough to see through the averaged unembedding
     model = load_named_leaves(model, p)
-    probe = scalars.repeated_tokens(seed=1, batch=3, T=5, vocab_size=LM_CFG.vocab_size)
+    probe = scalars.probes.repeated_tokens(seed=1, batch=3, T=5, vocab_size=LM_CFG.vocab_size)
     unfolded = compute(model, ["direct_logit_attribution"], probe)["direct_logit_attribution"]
     folded = compute(model, ["direct_logit_attribution"], probe,
                      {"direct_logit_attribution": {"fold_value_biases": True}})["direct_logit_attribution"]
@@ -304,7 +304,7 @@ def test_planted_per_position_mean_ablation_of_a_position_only_head_changes_noth
     p["blocks.0.attn.W_O"][0, :8, :8] = rng.normal(size=(8, 8))
     p["W_U"][:8] = rng.normal(size=(8, 8))
     model = load_named_leaves(model, p)
-    probe = scalars.repeated_tokens(seed=2, batch=4, T=3, vocab_size=8)
+    probe = scalars.probes.repeated_tokens(seed=2, batch=4, T=3, vocab_size=8)
     z0 = np.asarray(clean_run(model, probe)["layer_outputs"][0]["attn_output"]["z"])[:, 0]
     np.testing.assert_allclose(z0, np.broadcast_to(z0[:1], z0.shape), atol=1e-6)  # the same in every sequence
     loss = compute(model, ["loss"], probe)["loss"]
@@ -318,9 +318,9 @@ def test_ablation_option_is_checked_when_planned():
     for name in ("ablated_loss", "ablated_accuracy", "ablated_loss_pattern_preserving", "layer_removal_loss"):
         dst = scalars.get_type(name)
         for ok in ("zero", "mean", "mean_per_position"):
-            dst.validate(scalars.resolve_options(dst, {"ablation": ok}), None)
+            dst.validate(scalars.registry.resolve_options(dst, {"ablation": ok}), None)
         with pytest.raises(ValueError, match="ablation must be one of zero, mean, mean_per_position, got 'per_pos'"):
-            dst.validate(scalars.resolve_options(dst, {"ablation": "per_pos"}), None)
+            dst.validate(scalars.registry.resolve_options(dst, {"ablation": "per_pos"}), None)
 
 
 # -- exact averages over a large probe -------------------------------------------------------------
@@ -337,8 +337,8 @@ def test_pattern_means_over_the_78400_sequence_icl_dynamics_probe_agree_with_flo
     run = tmp_path / "run"
     import_icl_dynamics([fixtures / "omniglot50_rl5_synthetic"], run,
                         exemplars=fixtures / "synthetic_data" / "train_classes_exemplar0.npy")
-    info, config = scalars._plan.load_run_model_config(run)
-    probe = scalars.build_run_probe("icl_dynamics", run, info, config)
+    info, config = scalars.engine.load_run_model_config(run)
+    probe = scalars.engine.build_run_probe("icl_dynamics", run, info, config)
     assert probe.batch_size == 78_400
     model = scalars.load_model(run, 100_000)
     types = ["attention_pattern", "prev_token_score", "prev_token_score_corrected"]

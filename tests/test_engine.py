@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 import store
-from scalars import compute_run, plan_compute
+import scalars
 
 from _archive_files import flip_byte
 
@@ -45,7 +45,7 @@ def test_end_to_end_induction_tiny(trained_induction_tiny, copy_run):
     assert best[:5].max() < 0.1, "no induction head before training"
     assert best[-5:].min() > 0.4, "a layer-1 induction head after the phase change"
     # ablating the best induction head costs nothing before the phase change and loss after it
-    compute_run(run, ["loss"])
+    scalars.compute(run, ["loss"])
     last = int(steps[-1])
     head = int(np.argmax(ds.induction_score.sel(step=last, layer=1).values))
     effect = store.open_scalars(run).ablated_loss.sel(layer=1, head=head) - store.open_scalars(run)["loss"]
@@ -54,21 +54,21 @@ def test_end_to_end_induction_tiny(trained_induction_tiny, copy_run):
 
 def test_incremental_computes_only_missing_cells(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    first = compute_run(run, SUITE, steps="0-10")
+    first = scalars.compute(run, SUITE, steps="0-10")[0]
     assert first.checkpoints_computed == 2 and first.cells_computed == 6
-    rest = compute_run(run, SUITE)
+    rest = scalars.compute(run, SUITE)[0]
     assert rest.checkpoints_computed == 5 and rest.cells_computed == 15
-    again = compute_run(run, SUITE)
+    again = scalars.compute(run, SUITE)[0]
     assert again.checkpoints_computed == 0 and again.cells_computed == 0
     one_go = copy_run(tiny_run, "one_go")
-    compute_run(one_go, SUITE)
+    scalars.compute(one_go, SUITE)
     for name in SUITE:
         np.testing.assert_array_equal(stored(run, name), stored(one_go, name))
 
 
 def test_one_trace_for_all_checkpoints(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    report = compute_run(run, SUITE + ["loss", "logit_lens_loss"], block_size=1)
+    report = scalars.compute(run, SUITE + ["loss", "logit_lens_loss"], block_size=1)[0]
     assert report.checkpoints_computed == 7 and report.traces == 1
 
 
@@ -76,8 +76,8 @@ def test_one_trace_for_all_checkpoints(tiny_run, copy_run):
 def test_stacked_checkpoint_blocks_equal_one_at_a_time(tiny_run, copy_run):
     a, b = copy_run(tiny_run, "a"), copy_run(tiny_run, "b")
     types = SUITE + ["ablated_loss_pattern_preserving", "reconstituted_induction_k", "direct_logit_attribution"]
-    compute_run(a, types, block_size=1)
-    report = compute_run(b, types, block_size=4)  # blocks of 4, the last padded
+    scalars.compute(a, types, block_size=1)
+    report = scalars.compute(b, types, block_size=4)[0]  # blocks of 4, the last padded
     assert report.checkpoints_computed == 7
     for name in types:
         np.testing.assert_allclose(stored(a, name), stored(b, name), atol=1e-5, equal_nan=True)
@@ -85,7 +85,7 @@ def test_stacked_checkpoint_blocks_equal_one_at_a_time(tiny_run, copy_run):
 
 def test_killed_compute_reruns_to_the_uninterrupted_values(tiny_run, copy_run):
     reference = copy_run(tiny_run, "reference")
-    compute_run(reference, SUITE)
+    scalars.compute(reference, SUITE)
     run = copy_run(tiny_run, "killed")
     proc = subprocess.Popen([sys.executable, "-m", "cli.app", "compute", str(run), "-q", "--block-size", "1",
                              *sum((["--type", t] for t in SUITE), [])], stderr=subprocess.PIPE)
@@ -112,7 +112,7 @@ def test_killed_compute_reruns_to_the_uninterrupted_values(tiny_run, copy_run):
 
 def test_unknown_type_suggests_names_and_leaves_results(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    compute_run(run, ["induction_score"])
+    scalars.compute(run, ["induction_score"])
     before = stored(run, "induction_score")
     res = cli("compute", str(run), "--type", "inductoin_score")
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -176,7 +176,7 @@ def test_plugin_type_through_the_cli(tiny_run, copy_run, tmp_path):
 )
 def test_bad_plugins_leave_results_untouched(tiny_run, copy_run, tmp_path, body, message):
     run = copy_run(tiny_run)
-    compute_run(run, ["loss"])
+    scalars.compute(run, ["loss"])
     before = stored(run, "loss")
     plugin = tmp_path / "bad.py"
     plugin.write_text(textwrap.dedent(f'''
@@ -211,25 +211,21 @@ def test_nonfinite_weights_give_nan_with_a_warning(tiny_run, copy_run):
     writer = store.ArchiveWriter(run)
     writer.truncate_after(50)
     writer.write_checkpoint(60, leaves)
-    report = compute_run(run, ["loss"])
+    report = scalars.compute(run, ["loss"])[0]
     assert any("non-finite" in w and "60" in w for w in report.warnings)
     values = stored(run, "loss")
     assert np.isnan(values[-1]) and np.isfinite(values[:-1]).all()
 
 
-def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run, monkeypatch):
+def test_all_types_build_each_probe_once_per_request(tiny_run, copy_run):
     """`--all` plans some 40 types over a handful of probes: each probe is built once, not once per type."""
-    from scalars import _plan
-
     built = []
-    real = _plan.build_run_probe
 
     def counting(name, *args, **kwargs):
         built.append(name)
-        return real(name, *args, **kwargs)
+        return scalars.engine.build_run_probe(name, *args, **kwargs)
 
-    monkeypatch.setattr(_plan, "build_run_probe", counting)
-    plans = _plan.plan_runs([str(copy_run(tiny_run))], [], all_types=True)
+    plans = scalars.plan(copy_run(tiny_run), all_types=True, build_probe=counting)
     n_types = len(plans[0].types)
     assert n_types > 20
     assert built and sorted(built) == sorted(set(built)), built  # no probe built twice
@@ -242,5 +238,5 @@ def test_the_standard_set_names_the_demo_types(tiny_run, copy_run):
     run = copy_run(tiny_run)
     res = cli("compute", str(run), "--type", "standard", "-q")
     assert res.returncode == 0, res.stderr
-    assert set(scalars.TYPE_SETS["standard"]) <= set(store.open_scalars(run).data_vars)
-    assert compute_run(run, ["standard", "loss"]).cells_computed == 0  # a set and one of its types: once each
+    assert set(scalars.registry.TYPE_SETS["standard"]) <= set(store.open_scalars(run).data_vars)
+    assert scalars.compute(run, ["standard", "loss"])[0].cells_computed == 0  # a set and one of its types: once each

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 import scalars
 import store
 from cli.app import app
-from scalars import _fast_ablation as fa
-from scalars import _interventions as iv
+from scalars.interventions import _fast_ablation as fa
+from scalars.interventions import _ablation as iv
 from trainer._hf_files import read_checkpoint_dir
 from trainer.hf_families import FAMILIES, family_for_hf, model_config_from_hf
 from trainer.hf_import import import_hf
@@ -222,11 +222,11 @@ def test_cli_import_of_a_series_folder_then_compute_equals_naive(name, tmp_path)
     assert r.exit_code == 0, r.output
     ds = store.open_scalars(run)
     config = ModelConfig.from_dict(info["model"])
-    probe = scalars.build_run_probe("repeated_tokens", run, info, config)
+    probe = scalars.engine.build_run_probe("repeated_tokens", run, info, config)
     template = build_model(config)
     for i, step in enumerate([0, 10, 20]):
         model = load_named_leaves(template, store.open_archive(run).load(step))
-        naive = scalars.naive_compute(SERIES_TYPES, model, probe)
+        naive = scalars.reference.naive_compute(SERIES_TYPES, model, probe)
         for t in SERIES_TYPES:
             np.testing.assert_allclose(ds[t].values[i], naive[t], **TOL, err_msg=f"{t} at step {step}")
     assert np.isfinite(ds["induction_score"].values).all() and ds["ablated_loss"].shape == (3, 2, 4)
@@ -261,13 +261,13 @@ def _lm_types() -> list[str]:  # patching types: their own fast == naive tests; 
 def test_every_builtin_type_fast_path_equals_naive(family):
     config = FAMILY_CONFIGS[family]
     assert fa.unsupported(config) is None
-    probe = scalars.repeated_tokens(seed=0, batch=3, T=4, vocab_size=config.vocab_size)
+    probe = scalars.probes.repeated_tokens(seed=0, batch=3, T=4, vocab_size=config.vocab_size)
     types = _lm_types()
-    fn = scalars.make_block_compute_fn(types, config, probe, head_batching="map")
+    fn = scalars.engine.make_block_compute_fn(types, config, probe, head_batching="map")
     models = [_random_model(config, s) for s in (1, 2)]
-    out = fn(scalars.stack_params(models))
+    out = fn(scalars.engine.stack_params(models))
     for i, model in enumerate(models):
-        ref = scalars.naive_compute(types, model, probe)
+        ref = scalars.reference.naive_compute(types, model, probe)
         for name, value in ref.items():
             np.testing.assert_allclose(np.asarray(out[name][i]), value, **TOL, err_msg=f"{family}: {name}")
 
@@ -277,7 +277,7 @@ def test_every_builtin_type_fast_path_equals_naive(family):
 def test_fast_head_ablation_equals_the_cache_rerun(family):
     config = FAMILY_CONFIGS[family]
     model = _random_model(config, 3)
-    probe = scalars.repeated_tokens(seed=1, batch=3, T=4, vocab_size=config.vocab_size)
+    probe = scalars.probes.repeated_tokens(seed=1, batch=3, T=4, vocab_size=config.vocab_size)
     clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
     for ablation in ("zero", "mean"):
         fast = fa.head_ablation_metrics(model, probe, clean, ablation=ablation)
@@ -298,10 +298,10 @@ def test_engine_takes_the_cache_rerun_for_an_option_the_fast_path_lacks(monkeypa
 
     monkeypatch.setattr(fa, "head_ablation_metrics", refuse)
     model = _random_model(config, 4)
-    probe = scalars.repeated_tokens(seed=2, batch=2, T=4, vocab_size=config.vocab_size)
+    probe = scalars.probes.repeated_tokens(seed=2, batch=2, T=4, vocab_size=config.vocab_size)
     out = scalars.make_compute_fn(["ablated_loss"], config, probe)(eqx.filter(model, eqx.is_array))
     np.testing.assert_allclose(np.asarray(out["ablated_loss"]),
-                               scalars.naive_compute(["ablated_loss"], model, probe)["ablated_loss"], **TOL)
+                               scalars.reference.naive_compute(["ablated_loss"], model, probe)["ablated_loss"], **TOL)
 
 
 def test_grouped_query_heads_share_keys_but_are_intervened_on_per_query_head():
@@ -331,15 +331,15 @@ def test_new_options_are_validated_with_one_sentence():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 def test_patching_types_fast_path_equals_naive(family):
-    from scalars._patch_naive import NAIVE_TYPES, NaivePatcher
+    from scalars.reference._patching import NAIVE_TYPES, NaivePatcher
 
     config = FAMILY_CONFIGS[family]
-    pair = scalars.induction_pair(seed=1, batch=3, T=4, vocab_size=config.vocab_size)
+    pair = scalars.probes.induction_pair(seed=1, batch=3, T=4, vocab_size=config.vocab_size)
     model = _random_model(config, 6)
     fn = scalars.make_compute_fn(NAIVE_TYPES, config, pair, options={t: {"normalize": False} for t in NAIVE_TYPES})
     fast, patcher = fn(eqx.filter(model, eqx.is_array)), NaivePatcher(model, pair)
     for name in NAIVE_TYPES:
-        ref = scalars.naive_patching(name, model, pair, normalize=False, patcher=patcher)
+        ref = scalars.reference.naive_patching(name, model, pair, normalize=False, patcher=patcher)
         np.testing.assert_allclose(np.asarray(fast[name]), ref, **TOL, equal_nan=True, err_msg=f"{family}: {name}")
 
 
@@ -368,11 +368,11 @@ def test_export_refuses_an_architecture_no_family_expresses(tmp_path):
     assert family_for_config(FAMILY_CONFIGS["neox_parallel_partial"]).model_type == "gpt_neox"
 
 
-def test_vocabulary_sized_work_is_not_batched_over_checkpoints_or_heads_at_a_50k_vocabulary(monkeypatch):
+def test_vocabulary_sized_work_is_not_batched_over_checkpoints_or_heads_at_a_50k_vocabulary():
     """At Pythia-70m's shapes (8 heads, vocab 50304, 16 x 129 tokens) a block of checkpoints and a layer's
     head re-runs go one at a time (lax.map) instead of holding every (tokens, vocab) logit array at once;
     small vocabularies keep vmap. The mapped block computes what the vmapped one does."""
-    from scalars import _compute
+    from scalars.engine import _program as _compute
 
     pythia = ModelConfig(n_layers=6, d_model=512, n_heads=8, vocab_size=50304, n_ctx=2048, positional="rope",
                          rope_layout="half", rotary_pct=0.25, parallel_residual=True, activation="gelu")
@@ -383,11 +383,11 @@ def test_vocabulary_sized_work_is_not_batched_over_checkpoints_or_heads_at_a_50k
     small = dataclasses.replace(pythia, vocab_size=512)
     assert _compute.checkpoint_batching(small, tokens, 16, "vmap") == "vmap"
     config = FAMILY_CONFIGS["neox_parallel_partial"]
-    probe = scalars.repeated_tokens(seed=0, batch=3, T=4, vocab_size=config.vocab_size)
-    stacked = scalars.stack_params([_random_model(config, s) for s in (1, 2, 3)])
+    probe = scalars.probes.repeated_tokens(seed=0, batch=3, T=4, vocab_size=config.vocab_size)
+    stacked = scalars.engine.stack_params([_random_model(config, s) for s in (1, 2, 3)])
     types = ["induction_score", "ablated_loss", "logit_lens_loss"]
-    vmapped = scalars.make_block_compute_fn(types, config, probe, head_batching="map")(stacked)
-    monkeypatch.setattr(_compute, "VOCAB_BYTES_BUDGET", 0)
-    mapped = scalars.make_block_compute_fn(types, config, probe, head_batching="map")(stacked)
+    vmapped = scalars.engine.make_block_compute_fn(types, config, probe, head_batching="map", checkpoint_batching="vmap")(stacked)
+    mapped = scalars.engine.make_block_compute_fn(types, config, probe, head_batching="map",
+                                                  checkpoint_batching="map")(stacked)
     for t in types:
         np.testing.assert_allclose(np.asarray(mapped[t]), np.asarray(vmapped[t]), rtol=1e-6, atol=1e-6)

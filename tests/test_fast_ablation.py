@@ -1,4 +1,4 @@
-"""The residual-identity head ablation (scalars/_fast_ablation.py) against the cache-based re-run,
+"""The residual-identity head ablation (scalars/interventions/_fast_ablation.py) against the cache-based re-run,
 over the architectures and probe kinds the engine serves, and the dot-form batch mean."""
 
 import equinox as eqx
@@ -9,10 +9,10 @@ import pytest
 from _marks import slow_except
 
 import scalars
-from scalars import _fast_ablation as fa
+from scalars.interventions import _fast_ablation as fa
 from trainer.model import CHUNKED_VOCAB, causal_attention, chunked_token_metrics, run_blocks, unembed, unembed_chunks
-from scalars import _interventions as iv
-from scalars._reductions import leading_mean
+from scalars.interventions import _ablation as iv
+from scalars.interventions._reductions import leading_mean
 from trainer.model import ModelConfig, build_model
 
 GPT2 = dict(n_layers=3, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
@@ -41,11 +41,11 @@ def random_model(config, seed=0, scale=0.4):
 def probe_for(config):
     rng = np.random.default_rng(1)
     if config.head == "classifier":
-        return scalars.from_classifier_arrays(rng.normal(size=(5, 3, 6)), rng.integers(0, 4, size=(5, 3)),
+        return scalars.probes.from_classifier_arrays(rng.normal(size=(5, 3, 6)), rng.integers(0, 4, size=(5, 3)),
                                               rng.integers(0, 2, size=5), name="icl")
     if config.head == "regression":
-        return scalars.from_regression_arrays(rng.normal(size=(5, 4, 3)), rng.normal(size=(5, 4)))
-    return scalars.repeated_tokens(seed=0, batch=4, T=5, vocab_size=config.vocab_size)
+        return scalars.probes.from_regression_arrays(rng.normal(size=(5, 4, 3)), rng.normal(size=(5, 4)))
+    return scalars.probes.repeated_tokens(seed=0, batch=4, T=5, vocab_size=config.vocab_size)
 
 
 @pytest.mark.parametrize("name", slow_except(sorted(CONFIGS), ['swiglu_rope', 'vocab_20k_chunked']))

@@ -152,7 +152,7 @@ def test_export_import_round_trip_is_bit_identical_with_identical_scalars(gpt2_r
     info, info_back = store.read_run_json(original), store.read_run_json(imported)
     assert info_back["model"] == info["model"] and info_back["config"] == info["config"]
     assert info_back["source"] == "hf-gpt2 import" and len(info_back["imported_from"]) == 5
-    scalars.compute_runs([str(original), str(imported)], TYPES, progress=False)
+    scalars.compute([str(original), str(imported)], TYPES)
     ds_a, ds_b = store.open_scalars(original), store.open_scalars(imported)
     for name in TYPES:
         assert ds_a[name].attrs["probe_hash"] == ds_b[name].attrs["probe_hash"]
@@ -378,5 +378,5 @@ def test_import_of_a_foreign_checkpoint_gets_a_computable_run(two_ckpts, tmp_pat
     run = import_hf([d], tmp_path / "run")
     info = store.read_run_json(run)
     assert info["config"]["task"]["bos_token"] == 11 and info["steps"] == [42]
-    scalars.compute_run(run, ["prev_token_score"])
+    scalars.compute(run, ["prev_token_score"])
     assert store.open_scalars(run).prev_token_score.shape == (1, 2, 2)

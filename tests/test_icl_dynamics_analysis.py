@@ -136,7 +136,7 @@ def test_evaluators_regenerated_from_config(imported):
 
     from trainer.importers import load_icl_dynamics_model, read_icl_dynamics_config
 
-    info, config = scalars._plan.load_run_model_config(imported)
+    info, config = scalars.engine.load_run_model_config(imported)
     _, model = load_icl_dynamics_model(MAIN / "checkpoints" / "00000100000.eqx", read_icl_dynamics_config(MAIN))
     log = read_log_h5(MAIN / "log.h5")["eval"]
 
@@ -147,7 +147,7 @@ def test_evaluators_regenerated_from_config(imported):
 
     probes = {}
     for name in ("fsl_train", "fsl_val_rl", "fsl_train_valex", "fsl_test_class"):
-        probes[name] = probe = scalars.build_run_probe(f"{name}:batch=256", imported, info, config)
+        probes[name] = probe = scalars.engine.build_run_probe(f"{name}:batch=256", imported, info, config)
         assert probe.batch_size == 256 and probe.arrays["examples"].shape[1:] == (3, 512)
         acc = float(accuracy(model, probe.arrays["examples"], probe.arrays["labels"]))
         assert abs(acc - log[f"eval_{name}_accuracy"][-1]) < 0.06, (name, acc, log[f"eval_{name}_accuracy"][-1])

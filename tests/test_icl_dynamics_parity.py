@@ -39,7 +39,7 @@ def worst_differences(tmp_path, run: str, steps=None) -> dict[str, tuple[float, 
     want = reference(run)
     steps = sorted(want) if steps is None else steps
     assert steps and set(steps) <= set(want)
-    report = scalars.compute_run(out, types=TYPES, steps=",".join(map(str, steps)), probe="icl_dynamics")
+    report = scalars.compute(out, types=TYPES, steps=",".join(map(str, steps)), probe="icl_dynamics")[0]
     assert not report.failed_steps
     ds = store.open_scalars(out)
     worst: dict[str, tuple[float, int]] = {}

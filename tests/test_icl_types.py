@@ -8,7 +8,7 @@ import pytest
 from _marks import slow_except
 
 import scalars
-from scalars._icl_types import induction_strengths, previous_token_pattern
+from scalars.types._icl import induction_strengths, previous_token_pattern
 from trainer.model import ModelConfig, build_model, load_named_leaves, named_leaves
 
 C, K = 4, 6.0  # labels; logit a planted copier head writes for the label it attends to
@@ -43,7 +43,7 @@ def paper_probe(n=40, seed=0, d_in=4, n_labels=C):
     labels = np.stack([l0, l1, np.where(ci == 0, l0, l1)], 1)
     examples = rng.normal(size=(n, 3, d_in))
     examples[:, 2] = examples[np.arange(n), ci]
-    return scalars.from_classifier_arrays(examples, labels, ci, name="icl_dynamics")
+    return scalars.probes.from_classifier_arrays(examples, labels, ci, name="icl_dynamics")
 
 
 def ce(logits, target):
@@ -99,7 +99,7 @@ def test_induction_clamp_without_correct_index_matches_by_class():
     """Four context items: the query's class twice (same label), two others; one sequence has no match."""
     labels = np.array([[0, 1, 0, 2, 0], [3, 1, 2, 1, 1], [0, 1, 0, 3, 2]])
     classes = np.array([[7, 8, 7, 9, 7], [5, 6, 4, 6, 6], [1, 2, 3, 4, 5]])
-    probe = scalars.from_classifier_arrays(np.random.default_rng(0).normal(size=(3, 5, 4)), labels, name="icl",
+    probe = scalars.probes.from_classifier_arrays(np.random.default_rng(0).normal(size=(3, 5, 4)), labels, name="icl",
                                            classes=classes)
     out = compute(["induction_clamp_loss"], planted_copier(1), probe)
     perfect = float(np.log(np.exp(K) + C - 1) - K)
@@ -107,7 +107,7 @@ def test_induction_clamp_without_correct_index_matches_by_class():
     unclamped = ce(label_logits(np.full((1, 4), 1 / 9), labels[2:]), labels[2:, -1])
     np.testing.assert_allclose(out["induction_clamp_loss"][1, 0], (2 * perfect + unclamped) / 3, rtol=1e-5)
     # matching by label when there is no classes array: same answer here (matching labels = matching classes)
-    by_label = scalars.from_classifier_arrays(probe.arrays["examples"], labels, name="icl")
+    by_label = scalars.probes.from_classifier_arrays(probe.arrays["examples"], labels, name="icl")
     np.testing.assert_allclose(compute(["induction_clamp_loss"], planted_copier(1), by_label)["induction_clamp_loss"],
                                out["induction_clamp_loss"], rtol=1e-6)
 
@@ -177,8 +177,8 @@ def random_setup():
 @pytest.mark.parametrize("head_batching", slow_except(["map", "vmap"], ['map']))
 def test_clamps_fast_equal_naive_on_random_models(head_batching, random_setup):
     probe, models, naive = random_setup
-    fn = scalars.make_block_compute_fn(CLAMPS, RANDOM_CFG, probe, head_batching=head_batching)
-    out = fn(scalars.stack_params(models))  # both checkpoints in one program
+    fn = scalars.engine.make_block_compute_fn(CLAMPS, RANDOM_CFG, probe, head_batching=head_batching)
+    out = fn(scalars.engine.stack_params(models))  # both checkpoints in one program
     for i, (prev, ind) in enumerate(naive):
         fast = {k: np.asarray(v[i]) for k, v in out.items()}
         np.testing.assert_allclose(fast["prev_token_clamp_loss"], prev, rtol=2e-5, atol=2e-5)
@@ -192,7 +192,7 @@ def test_clamps_fast_equal_naive_on_random_models(head_batching, random_setup):
 def test_induction_strength_general_probe_known_answer():
     """Four context items, 2 matching the query: sum(match) - (2/2) * sum(other), per sequence."""
     labels = np.array([[0, 1, 0, 2, 0], [3, 3, 1, 2, 3]])
-    probe = scalars.from_classifier_arrays(np.zeros((2, 5, 3)), labels, name="icl")
+    probe = scalars.probes.from_classifier_arrays(np.zeros((2, 5, 3)), labels, name="icl")
     rng = np.random.default_rng(0)
     pattern = rng.random((2, 1, 9, 9)).astype(np.float32)  # (B, H=1, T, T)
     q = pattern[:, 0, -1]

@@ -12,8 +12,8 @@ import pytest
 
 import scalars
 import store
-from scalars._llc import SGLD_OPTIONS, _head_loss_fn, probe_loss_fn
-from scalars._sgld import STATS, SGLDSettings, chain_diagnostics, llc_from_losses, sgld_losses
+from scalars.types._llc import SGLD_OPTIONS, _head_loss_fn, probe_loss_fn
+from scalars.interventions._sgld import STATS, SGLDSettings, chain_diagnostics, llc_from_losses, sgld_losses
 from trainer.model import ModelConfig, build_model
 
 CHEAP = {"chains": 2, "draws": 20, "burn_in": 5}  # a small budget for engine plumbing tests
@@ -108,7 +108,7 @@ def compute_sgld_types(src, dst):
     import shutil
 
     shutil.copytree(src, dst)
-    report = scalars.compute_run(dst, SGLD_TYPES, options={name: CHEAP for name in SGLD_TYPES})
+    report = scalars.compute(dst, SGLD_TYPES, options={name: CHEAP for name in SGLD_TYPES})[0]
     return dst, report
 
 
@@ -142,7 +142,7 @@ def test_llc_rllc_and_diagnostics_through_the_engine(computed):
     # other options on stored cells are refused, nothing changes
     before = ds.llc.values.copy()
     with pytest.raises(store.StoreError, match="'llc' is stored with options .* recompute it with --force"):
-        scalars.compute_run(run, ["llc"], steps="90", force=False, options={"llc": {**CHEAP, "step_size": 3e-4}})
+        scalars.compute(run, ["llc"], steps="90", force=False, options={"llc": {**CHEAP, "step_size": 3e-4}})
     np.testing.assert_array_equal(store.open_scalars(run).llc.values, before)
 
 
@@ -153,8 +153,8 @@ def test_same_seed_is_bit_identical_and_seeds_spread(regression_run, computed, t
     for name in SGLD_TYPES:
         np.testing.assert_array_equal(first[name].values, second[name].values)  # bit-identical
     # other seeds: the same estimator on the same loss, one compiled program with the key as input
-    info, config = scalars._plan.load_run_model_config(regression_run)
-    probe = scalars.build_run_probe("regression_pool", regression_run, info, config)  # the training distribution
+    info, config = scalars.engine.load_run_model_config(regression_run)
+    probe = scalars.engine.build_run_probe("regression_pool", regression_run, info, config)  # the training distribution
     from trainer.model import load_named_leaves
 
     model = load_named_leaves(build_model(config), store.open_archive(regression_run).load(90))
@@ -177,8 +177,7 @@ def test_same_seed_is_bit_identical_and_seeds_spread(regression_run, computed, t
 def test_diverging_chains_store_nan_with_a_reason_and_warn(regression_run, copy_run):
     run = copy_run(regression_run)
     bad = {**CHEAP, "step_size": 1.0}
-    report = scalars.compute_run(run, ["llc", "sgld_diagnostics"], steps="60,90",
-                                 options={"llc": bad, "sgld_diagnostics": bad})
+    report = scalars.compute(run, ["llc", "sgld_diagnostics"], steps="60,90", options={"llc": bad, "sgld_diagnostics": bad})[0]
     assert not report.failed_steps and report.cells_computed == 4
     ds = store.open_scalars(run, with_masks=True)
     assert np.isnan(ds.llc.sel(step=[60, 90]).values).all()
@@ -198,7 +197,7 @@ def test_diverging_chains_store_nan_with_a_reason_and_warn(regression_run, copy_
 def test_bad_options_fail_clearly_and_store_nothing(regression_run, copy_run, option, value, message):
     run = copy_run(regression_run)
     with pytest.raises(ValueError, match=message):
-        scalars.compute_run(run, ["llc"], options={"llc": {option: value}})
+        scalars.compute(run, ["llc"], options={"llc": {option: value}})
     assert not (run / "scalars.zarr").exists()
 
 
@@ -225,10 +224,10 @@ def test_cli_bad_options_are_one_line_errors(regression_run, copy_run):
 
 def test_probe_too_small_for_the_batch_fails_clearly(regression_run, copy_run):
     run = copy_run(regression_run)
-    scalars.compute_run(run, ["loss"])
+    scalars.compute(run, ["loss"])
     before = store.open_scalars(run)["loss"].values.copy()
     with pytest.raises(ValueError, match=r"batch_size=8 is larger than the probe \(4 sequences\); use a batch_size <= 4"):
-        scalars.compute_run(run, ["llc", "loss"], probe="regression_pool:batch=4")
+        scalars.compute(run, ["llc", "loss"], probe="regression_pool:batch=4")
     ds = store.open_scalars(run)
     assert "llc" not in ds and np.array_equal(ds["loss"].values, before, equal_nan=True)
 
@@ -246,7 +245,7 @@ LM_CFG = ModelConfig(n_layers=3, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
 @pytest.mark.slow
 def test_head_loss_reuses_the_prefix_and_equals_a_full_forward():
     model = random_model(LM_CFG, 0)
-    probe = scalars.repeated_tokens(seed=0, batch=6, T=5, vocab_size=20)
+    probe = scalars.probes.repeated_tokens(seed=0, batch=6, T=5, vocab_size=20)
     clean = jax.vmap(model.call_with_all_aux)(probe.inputs)
     params, full_loss = probe_loss_fn(model, probe)
     idx = jnp.array([0, 2, 5])
@@ -268,19 +267,19 @@ def test_head_loss_reuses_the_prefix_and_equals_a_full_forward():
 @pytest.mark.slow
 def test_llc_works_for_token_lms_and_classifiers_and_checkpoint_blocks():
     lm = ModelConfig(n_layers=1, d_model=16, n_heads=2, vocab_size=20, n_ctx=16)
-    probe = scalars.repeated_tokens(seed=0, batch=16, T=5, vocab_size=20)
+    probe = scalars.probes.repeated_tokens(seed=0, batch=16, T=5, vocab_size=20)
     params = eqx.filter(random_model(lm, 1, scale=0.1), eqx.is_array)
     out = scalars.make_compute_fn(["llc", "rllc"], lm, probe, options={"llc": CHEAP, "rllc": CHEAP})(params)
     assert out["rllc"].shape == (1, 2) and np.isfinite(out["rllc"]).all() and np.isfinite(out["llc"])
     cls = ModelConfig(head="classifier", d_in=6, n_labels=4, positional="rope", attn_only=True, n_layers=2,
                       d_model=16, n_heads=2, n_ctx=8)
     rng = np.random.default_rng(0)
-    cprobe = scalars.from_classifier_arrays(rng.normal(size=(16, 3, 6)), rng.integers(0, 4, size=(16, 3)), name="icl")
+    cprobe = scalars.probes.from_classifier_arrays(rng.normal(size=(16, 3, 6)), rng.integers(0, 4, size=(16, 3)), name="icl")
     models = [random_model(cls, s, scale=0.1) for s in (2, 3)]
     fn = scalars.make_compute_fn(["llc"], cls, cprobe, options={"llc": CHEAP})
     single = [float(fn(eqx.filter(m, eqx.is_array))["llc"]) for m in models]
     assert all(np.isfinite(single))
-    block = scalars.make_block_compute_fn(["llc"], cls, cprobe, options={"llc": CHEAP})(scalars.stack_params(models))
+    block = scalars.engine.make_block_compute_fn(["llc"], cls, cprobe, options={"llc": CHEAP})(scalars.engine.stack_params(models))
     np.testing.assert_allclose(block["llc"], single, rtol=1e-3, atol=1e-3)  # checkpoints vmapped (the GPU path)
 
 
@@ -288,7 +287,7 @@ def test_sgld_types_are_opt_in_and_validate_their_dims():
     for name in ("llc", "rllc", "sgld_diagnostics"):
         dst = scalars.get_type(name)
         assert dst.opt_in and dst.requires is None and set(dst.dims) <= set(scalars.dims.TYPE_DIMS)
-    from scalars._plan import applicable_types
+    from scalars.engine._plan import applicable_types
 
     assert not {"llc", "rllc", "sgld_diagnostics"} & set(applicable_types(LM_CFG))
     # the diagnostics of hand-made traces: one chain drifting upward, one flat
@@ -316,7 +315,7 @@ def test_end_to_end_icl_regression_llc_and_rllc_over_every_checkpoint(tmp_path):
 
     run = tmp_path / "run"
     train(resolve_config("icl-regression"), run, progress=False)
-    report = scalars.compute_run(run, ["llc", "rllc", "sgld_diagnostics", "delta_ridge", "delta_dmmse"])
+    report = scalars.compute(run, ["llc", "rllc", "sgld_diagnostics", "delta_ridge", "delta_dmmse"])[0]
     assert not report.failed_steps
     ds = store.open_scalars(run)
     assert ds.sizes["step"] >= 20 and ds.llc.dims == ("step",) and ds.rllc.dims == ("step", "layer", "head")
@@ -340,7 +339,7 @@ def test_end_to_end_icl_regression_llc_and_rllc_over_every_checkpoint(tmp_path):
 def test_llc_of_induction_tiny_rises_across_its_phase_change(trained_induction_tiny, copy_run):
     """Token LM: the llc (default budget, repeated_tokens probe) before and after the induction bump."""
     run = copy_run(trained_induction_tiny)
-    scalars.compute_run(run, ["llc", "loss"], steps="0,1000,2000")
+    scalars.compute(run, ["llc", "loss"], steps="0,1000,2000")
     ds = store.open_scalars(run)
     llc, loss = (ds[name].sel(step=[0, 1000, 2000]).values for name in ("llc", "loss"))
     assert np.isfinite(llc).all() and loss[-1] < loss[1] - 0.5  # the phase change happened in between
@@ -360,7 +359,7 @@ def _naive_split_rhat(x: np.ndarray) -> float:
 @pytest.mark.parametrize("case,status", [("settled", 0), ("disagree", 4), ("drift", 4), ("negative", 3)])
 def test_status_names_unsettled_chains_by_rhat_and_drift(case, status):
     """Planted traces: 4 chains x 200 draws of noise (sd 0.05) around a level; nbeta 10, L(w*) = 1."""
-    from scalars._sgld import split_rhat
+    from scalars.interventions._sgld import split_rhat
 
     rng = np.random.default_rng(0)
     noise = 0.05 * rng.standard_normal((4, 200))

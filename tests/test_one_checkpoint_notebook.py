@@ -38,7 +38,7 @@ def test_one_checkpoint_notebook_ablates_the_induction_head(trained_induction_ti
     assert got["ablated_loss"] > got["clean_loss"] + 0.1
     # the notebook's ablated loss against a weight edit: that head's rows of W_O set to zero
     info = store.read_run_json(trained_induction_tiny)
-    probe = scalars.build_run_probe("repeated_tokens", trained_induction_tiny, info, ModelConfig.from_dict(info["model"]))
+    probe = scalars.engine.build_run_probe("repeated_tokens", trained_induction_tiny, info, ModelConfig.from_dict(info["model"]))
     tokens, T = probe.inputs, probe.metadata["T"]
     model = scalars.load_model(trained_induction_tiny, "last")
     W_O = model.model.blocks[got["layer"]].attn.W_O

@@ -15,8 +15,8 @@ import pytest
 
 import scalars
 import store
-from scalars._pairs import pair_from_repeated
-from scalars._patch_naive import NAIVE_TYPES, NaivePatcher
+from scalars.probes._pairs import pair_from_repeated
+from scalars.reference._patching import NAIVE_TYPES, NaivePatcher
 from test_scalars_planted import T, V, distinct_repeats, planted_model
 from trainer.model import ModelConfig, build_model, load_named_leaves
 
@@ -65,7 +65,7 @@ def key_pair(p=3):
     fresh = np.array([min(set(range(1, V)) - set(row.tolist())) for row in clean])
     corrupt = clean.copy()
     corrupt[:, p] = fresh
-    return scalars.pair_from_arrays(clean, corrupt, answer_pos=[T + p], wrong_answers=fresh[:, None],
+    return scalars.probes.pair_from_arrays(clean, corrupt, answer_pos=[T + p], wrong_answers=fresh[:, None],
                                     metric="logit_diff", vocab_size=V, name="key_pair")
 
 
@@ -124,15 +124,15 @@ RAW = {t: {"normalize": False} for t in NAIVE_TYPES}
 
 def classifier_pair(seed=0, batch=6):
     rng = np.random.default_rng(seed)
-    plain = scalars.from_classifier_arrays(rng.normal(size=(batch, 3, 6)), rng.integers(0, 4, size=(batch, 3)),
+    plain = scalars.probes.from_classifier_arrays(rng.normal(size=(batch, 3, 6)), rng.integers(0, 4, size=(batch, 3)),
                                            name="cls")
-    return scalars.classifier_label_swap_pair(plain, n_labels=4)
+    return scalars.probes.classifier_label_swap_pair(plain, n_labels=4)
 
 
 def assert_fast_equals_naive(fast: dict, model, pair, what):
     patcher = NaivePatcher(model, pair)
     for name in NAIVE_TYPES:
-        ref = scalars.naive_patching(name, model, pair, normalize=False, patcher=patcher)
+        ref = scalars.reference.naive_patching(name, model, pair, normalize=False, patcher=patcher)
         got = np.asarray(fast[name])
         assert got.shape == ref.shape, name
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{what}: {name}")
@@ -141,7 +141,7 @@ def assert_fast_equals_naive(fast: dict, model, pair, what):
 
 
 def test_fast_equals_naive_full_forward_patching_lm():
-    pair = scalars.induction_pair(seed=1, batch=4, T=5, vocab_size=LM_CFG.vocab_size)
+    pair = scalars.probes.induction_pair(seed=1, batch=4, T=5, vocab_size=LM_CFG.vocab_size)
     models = [random_model(LM_CFG, seed) for seed in (1, 2)]
     fn = scalars.make_compute_fn(NAIVE_TYPES, LM_CFG, pair, options=RAW, head_batching="map")
     for i, model in enumerate(models):
@@ -153,32 +153,32 @@ def test_fast_equals_naive_full_forward_patching_lm():
 def test_fast_equals_naive_classifier_block_of_checkpoints_vmap():
     pair = classifier_pair()
     models = [random_model(CLS_CFG, seed) for seed in (3, 4)]
-    fn = scalars.make_block_compute_fn(NAIVE_TYPES, CLS_CFG, pair, options=RAW, head_batching="vmap")
-    out = fn(scalars.stack_params(models))
+    fn = scalars.engine.make_block_compute_fn(NAIVE_TYPES, CLS_CFG, pair, options=RAW, head_batching="vmap")
+    out = fn(scalars.engine.stack_params(models))
     for i, model in enumerate(models):
         assert_fast_equals_naive({k: v[i] for k, v in out.items()}, model, pair, f"classifier checkpoint {i}")
 
 
 def test_normalisation_and_min_gap():
-    model, pair = random_model(LM_CFG, 1), scalars.induction_pair(seed=1, batch=4, T=5, vocab_size=20)
+    model, pair = random_model(LM_CFG, 1), scalars.probes.induction_pair(seed=1, batch=4, T=5, vocab_size=20)
     names = ["patch_head_output", "attribution_patch_head_output", "pair_metric_clean", "pair_metric_corrupt"]
     opts = {"patch_head_output": {"min_gap": 0.0}, "attribution_patch_head_output": {"min_gap": 1e6}}
     out = compute(names, model, pair, opts)
-    raw = scalars.naive_patching("patch_head_output", model, pair, normalize=False)
+    raw = scalars.reference.naive_patching("patch_head_output", model, pair, normalize=False)
     gap = out["pair_metric_clean"] - out["pair_metric_corrupt"]
     np.testing.assert_allclose(out["patch_head_output"], raw / gap, rtol=1e-4, atol=1e-6)
     assert np.isnan(out["attribution_patch_head_output"]).all()  # the gap is below min_gap: undefined
 
 
 def test_every_patching_type_declares_its_dims_and_shape():
-    pair = scalars.induction_pair(batch=2, T=3, vocab_size=LM_CFG.vocab_size)
+    pair = scalars.probes.induction_pair(batch=2, T=3, vocab_size=LM_CFG.vocab_size)
     assert set(EXACT + ATTRIBUTION) <= set(PAIR_TYPES)
     for name in PAIR_TYPES:
         dst = scalars.get_type(name)
         assert set(dst.dims) <= set(scalars.dims.KNOWN_DIMS) - {"step", "run"} and dst.description
-    assert scalars.type_shape("patch_resid", LM_CFG, pair) == (3, 7)
-    assert scalars.type_shape("path_patch", LM_CFG, pair) == (3, 2, 3, 2, 3)
-    assert scalars.type_coords("attribution_patch_path", LM_CFG)["side"].tolist() == ["q", "k", "v"]
+    assert scalars.registry.type_shape("patch_resid", LM_CFG, pair) == (3, 7)
+    assert scalars.registry.type_shape("path_patch", LM_CFG, pair) == (3, 2, 3, 2, 3)
+    assert scalars.registry.type_coords("attribution_patch_path", LM_CFG)["side"].tolist() == ["q", "k", "v"]
     for exact, approx in zip(EXACT, ATTRIBUTION):
         assert scalars.get_type(exact).dims == scalars.get_type(approx).dims
 
@@ -186,7 +186,7 @@ def test_every_patching_type_declares_its_dims_and_shape():
 def test_label_swap_pair_swaps_the_query_label_in_the_context():
     ex = np.zeros((3, 3, 2), np.float32)
     labels = np.array([[1, 3, 1], [2, 0, 0], [4, 4, 4]])  # A la B lb Q; the last has no other label
-    pair = scalars.classifier_label_swap_pair(scalars.from_classifier_arrays(ex, labels), n_labels=5)
+    pair = scalars.probes.classifier_label_swap_pair(scalars.probes.from_classifier_arrays(ex, labels), n_labels=5)
     np.testing.assert_array_equal(pair.arrays["corrupt_labels"], [[3, 1, 1], [0, 2, 0], [0, 0, 4]])
     np.testing.assert_array_equal(pair.arrays["answers"][:, 0], [1, 0, 4])
     np.testing.assert_array_equal(pair.arrays["wrong_answers"][:, 0], [3, 2, 0])
@@ -194,7 +194,7 @@ def test_label_swap_pair_swaps_the_query_label_in_the_context():
 
 
 def test_induction_pair_shuffles_every_position_of_the_second_repeat():
-    pair = scalars.induction_pair(seed=3, batch=8, T=6, vocab_size=500)
+    pair = scalars.probes.induction_pair(seed=3, batch=8, T=6, vocab_size=500)
     clean, corrupt = pair.arrays["tokens"], pair.arrays["corrupt_tokens"]
     np.testing.assert_array_equal(corrupt[:, : T + 1], clean[:, : T + 1])
     np.testing.assert_array_equal(np.sort(corrupt[:, T + 1:], 1), np.sort(clean[:, T + 1:], 1))
@@ -207,20 +207,20 @@ def test_induction_pair_shuffles_every_position_of_the_second_repeat():
 def test_bad_pairs_are_refused_with_one_sentence():
     clean = np.ones((2, 7), np.int32)
     with pytest.raises(ValueError, match=r"clean tokens have shape \(2, 7\) but corrupted tokens \(2, 6\)"):
-        scalars.pair_from_arrays(clean, np.ones((2, 6), np.int32))
+        scalars.probes.pair_from_arrays(clean, np.ones((2, 6), np.int32))
     with pytest.raises(ValueError, match="unknown metric 'bleu'; use one of loss, logit_diff, accuracy"):
-        scalars.pair_from_arrays(clean, clean, metric="bleu")
+        scalars.probes.pair_from_arrays(clean, clean, metric="bleu")
     with pytest.raises(ValueError, match="answers hold token ids outside the model's 0..15"):
-        scalars.pair_from_arrays(clean, clean, answers=[[99]], answer_pos=[2], wrong_answers=[[1]], vocab_size=16)
-    loose = scalars.pair_from_arrays(clean, clean, answers=[[99]], answer_pos=[2], wrong_answers=[[1]])
+        scalars.probes.pair_from_arrays(clean, clean, answers=[[99]], answer_pos=[2], wrong_answers=[[1]], vocab_size=16)
+    loose = scalars.probes.pair_from_arrays(clean, clean, answers=[[99]], answer_pos=[2], wrong_answers=[[1]])
     with pytest.raises(ValueError, match="answers hold token ids outside"):  # checked against the model too
         scalars.make_compute_fn(["patch_head_output"], ModelConfig(vocab_size=16, n_ctx=8), loose)
     with pytest.raises(ValueError, match="unknown metric 'bleu'"):
-        compute(["patch_head_output"], random_model(LM_CFG, 0), scalars.induction_pair(batch=2, T=3, vocab_size=20),
+        compute(["patch_head_output"], random_model(LM_CFG, 0), scalars.probes.induction_pair(batch=2, T=3, vocab_size=20),
                 {"patch_head_output": {"metric": "bleu"}})
     with pytest.raises(ValueError, match="accuracy has no gradient"):
         compute(["attribution_patch_resid"], random_model(LM_CFG, 0),
-                scalars.induction_pair(batch=2, T=3, vocab_size=20),
+                scalars.probes.induction_pair(batch=2, T=3, vocab_size=20),
                 {"attribution_patch_resid": {"metric": "accuracy"}})
 
 
@@ -247,13 +247,13 @@ def test_cli_bad_pair_files_exit_cleanly_and_store_nothing(tiny_run, copy_run, t
 
 def test_path_patch_round_trips_through_the_store_with_side_labels(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    scalars.compute_run(run, ["path_patch", "patch_resid"], steps="last", probe="induction_pair:batch=4,T=5")
+    scalars.compute(run, ["path_patch", "patch_resid"], steps="last", probe="induction_pair:batch=4,T=5")
     ds = store.open_scalars(run)
     assert ds.path_patch.dims == ("step", "layer", "head", "dst_layer", "dst_head", "side")
     assert ds.side.values.tolist() == ["q", "k", "v"] and ds.sizes["pos"] == 11
     info = store.read_run_json(run)
     model = load_model(run, int(ds.step[-1]))
-    pair = scalars.build_run_probe("induction_pair:batch=4,T=5", run, info, model.config)
+    pair = scalars.engine.build_run_probe("induction_pair:batch=4,T=5", run, info, model.config)
     direct = compute(["path_patch"], model, pair)["path_patch"]
     stored = ds.path_patch.sel(step=int(ds.step[-1])).values
     np.testing.assert_allclose(stored, direct, atol=1e-6, equal_nan=True)
@@ -266,7 +266,7 @@ def test_attribution_tracks_exact_patching_after_the_phase_change(trained_induct
     run = trained_induction_tiny
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
-    pair = scalars.build_run_probe("induction_pair", run, info, config)
+    pair = scalars.engine.build_run_probe("induction_pair", run, info, config)
     last = int(store.open_archive(run).steps[-1])
     model = load_model(run, last)
     out = compute(EXACT + ATTRIBUTION, model, pair)
@@ -312,12 +312,12 @@ def test_patching_types_say_why_their_cells_can_be_nan(tiny_run, copy_run):
     import subprocess
     import sys
 
-    from scalars import plan_compute
+    import scalars
 
     run = copy_run(tiny_run)
-    (spec,) = plan_compute(run, ["patch_resid"]).specs
+    (spec,) = scalars.plan(run, ["patch_resid"])[0].specs
     assert "min_gap" in spec.attrs["nan_means"]
-    assert "nan_means" not in plan_compute(run, ["induction_score"]).specs[0].attrs
+    assert "nan_means" not in scalars.plan(run, ["induction_score"])[0].specs[0].attrs
     res = subprocess.run([sys.executable, "-m", "cli.app", "compute", str(run), "--type", "patch_resid", "--steps", "0",
                           "-q"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -51,7 +51,7 @@ def test_values_match_a_per_sequence_reference(patterned):
     assert da.attrs["probe"] == "repeated_tokens" and ds.step.values.tolist() == STEPS
     for step in (0, 40):
         model, info, config = _model_at(patterned, step)
-        probe = scalars.build_run_probe("default", patterned, info, config)
+        probe = scalars.engine.build_run_probe("default", patterned, info, config)
         assert da.attrs["probe_hash"] == probe.content_hash and da.sizes["query_pos"] == probe.seq_len == 63
         per_sequence = []  # one un-batched, un-jitted forward per probe sequence
         for tokens in np.asarray(probe.arrays["tokens"]):
@@ -65,15 +65,15 @@ def test_values_match_a_per_sequence_reference(patterned):
 
 
 def test_attention_pattern_is_in_all_and_sized_by_the_probe():
-    from scalars._plan import applicable_types
+    from scalars.engine._plan import applicable_types
 
     assert "attention_pattern" in applicable_types(ModelConfig(head="lm"))
     assert "attention_pattern" in applicable_types(ModelConfig(head="classifier", vocab_size=0, d_in=4, n_labels=3))
     config = ModelConfig(n_layers=3, n_heads=2, d_model=16, vocab_size=16, n_ctx=32)
-    probe = scalars.repeated_tokens(vocab_size=16, T=5, batch=2)
-    assert scalars.type_shape("attention_pattern", config, probe) == (3, 2, 11, 11)
-    regression = scalars.from_regression_arrays(np.zeros((2, 4, 3)), np.zeros((2, 4)))
-    assert scalars.type_shape("attention_pattern", config, regression) == (3, 2, 7, 7)  # x0 y0 ... x3
+    probe = scalars.probes.repeated_tokens(vocab_size=16, T=5, batch=2)
+    assert scalars.registry.type_shape("attention_pattern", config, probe) == (3, 2, 11, 11)
+    regression = scalars.probes.from_regression_arrays(np.zeros((2, 4, 3)), np.zeros((2, 4)))
+    assert scalars.registry.type_shape("attention_pattern", config, regression) == (3, 2, 7, 7)  # x0 y0 ... x3
 
 
 def _page_data(path) -> dict:
@@ -96,7 +96,7 @@ def test_patterns_one_head_png_and_html(patterned, tmp_path, figures):
     stored = store.open_scalars(patterned).attention_pattern
     np.testing.assert_array_equal(panels[0].images[0].get_array(), stored.sel(step=40, layer=1, head=0).values)
     info = store.read_run_json(patterned)
-    probe = scalars.build_run_probe("default", patterned, info, ModelConfig.from_dict(info["model"]))
+    probe = scalars.engine.build_run_probe("default", patterned, info, ModelConfig.from_dict(info["model"]))
     tokens = probe.arrays["tokens"][0]
     ticks = [t.get_text() for t in panels[0].get_xticklabels()]
     assert len(ticks) == 63 and ticks[0] == "BOS" and ticks[1:] == [str(int(t)) for t in tokens[1:]]
@@ -153,12 +153,12 @@ def test_axis_labels_name_tokens_or_roles():
     from scalars.view import axis_labels
 
     tokens = np.array([[0, 5, 9, 5, 9], [0, 5, 9, 5, 9]])
-    labels, note = axis_labels(scalars.from_tokens(tokens, name="fixed"))
+    labels, note = axis_labels(scalars.probes.from_tokens(tokens, name="fixed"))
     assert labels == ["0", "5", "9", "5", "9"] and note == "tokens of probe 'fixed'"  # one prompt: exact tokens
-    labels, note = axis_labels(scalars.repeated_tokens(vocab_size=16, T=2, batch=3, seed=1))
+    labels, note = axis_labels(scalars.probes.repeated_tokens(vocab_size=16, T=2, batch=3, seed=1))
     assert labels[0] == "BOS" and labels[1:3] == labels[3:5] and "sequence 0 of the 3 sequences" in note
     rng = np.random.default_rng(0)
-    classifier = scalars.from_classifier_arrays(rng.normal(size=(2, 3, 4)), rng.integers(0, 2, size=(2, 3)))
+    classifier = scalars.probes.from_classifier_arrays(rng.normal(size=(2, 3, 4)), rng.integers(0, 2, size=(2, 3)))
     assert axis_labels(classifier)[0] == ["x0", "y0", "x1", "y1", "q"]
-    regression = scalars.from_regression_arrays(rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 3)))
+    regression = scalars.probes.from_regression_arrays(rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 3)))
     assert axis_labels(regression)[0] == ["x0", "y0", "x1", "y1", "x2"]

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 import scalars
 import store
 from cli.app import app
-from scalars import _registry
-from scalars._registry import code_fingerprint
+from scalars import registry as _registry
+from scalars.registry import code_fingerprint
 from trainer.model import ModelConfig, build_model
 from trainer.schedules import AdaptiveSaver, ScheduleSpec
 
@@ -164,8 +164,8 @@ def test_the_walkthrough_runs_and_stores_what_an_independent_forward_computes(
     assert steps == [0, 10, 20, 30, 40, 50, 60]
     config = ModelConfig.from_dict(store.read_run_json(run)["model"])
     L, H = config.n_layers, config.n_heads
-    default = scalars.repeated_tokens(batch=16, T=31, vocab_size=64).arrays["tokens"]  # the doc's "16 sequences"
-    big = scalars.repeated_tokens(batch=64, T=31, vocab_size=64)
+    default = scalars.probes.repeated_tokens(batch=16, T=31, vocab_size=64).arrays["tokens"]  # the doc's "16 sequences"
+    big = scalars.probes.repeated_tokens(batch=64, T=31, vocab_size=64)
     mine = np.load(work / "my_probe.npy")
 
     abl = ds.head_ablation_delta.values
@@ -204,11 +204,11 @@ def test_the_walkthrough_runs_and_stores_what_an_independent_forward_computes(
     a = ds.head_ablation_delta.attrs
     assert "definition" not in a and json.loads(a["options"]) == {"layer": 1, "head": 0} and a["units"] == "nats"
     assert ds.qkv_norm.attrs["probe"] == "my_probe"
-    assert ds.qkv_norm.attrs["probe_hash"] == scalars.from_npy(work / "my_probe.npy").content_hash
+    assert ds.qkv_norm.attrs["probe_hash"] == scalars.probes.from_npy(work / "my_probe.npy").content_hash
     assert ds.ov_norm.attrs["probe"] == "none (weights only)" and ds.ov_norm.attrs["probe_hash"] == "none"
     assert ds.side.values.tolist() == ["q", "k", "v"] and ds.pos.size == 63
     assert ds.head_ablation_delta.dims == ("step",)
-    assert ds.head_ablation_delta.attrs["probe_hash"] == scalars.from_tokens(default, name="repeated_tokens", metadata={
+    assert ds.head_ablation_delta.attrs["probe_hash"] == scalars.probes.from_tokens(default, name="repeated_tokens", metadata={
         "kind": "repeated_tokens", "seed": 0, "T": 31, "bos": 0, "vocab_size": 64}).content_hash  # the default probe
 
     # the failures the page describes: validate at planning, a missing head while tracing
@@ -254,13 +254,13 @@ def test_every_ctx_helper_is_documented_and_exists_with_its_signature():
         m = re.fullmatch(r"`ctx\.(\w+)(\(.*\))?`", row[0])
         assert m, row[0]
         documented[m.group(1)] = m.group(2)
-    public = {n for n in dir(scalars.Context) if not n.startswith("_")} | \
-        {f.name for f in scalars.Context.__dataclass_fields__.values() if not f.name.startswith("_")}
+    public = {n for n in dir(scalars.interventions.Context) if not n.startswith("_")} | \
+        {f.name for f in scalars.interventions.Context.__dataclass_fields__.values() if not f.name.startswith("_")}
     assert set(documented) == public, set(documented) ^ public
     for name, sig in documented.items():
-        attr = inspect.getattr_static(scalars.Context, name, None)
+        attr = inspect.getattr_static(scalars.interventions.Context, name, None)
         if sig is None:  # a field or a property, not a method
-            assert name in scalars.Context.__dataclass_fields__ or isinstance(attr, property), name
+            assert name in scalars.interventions.Context.__dataclass_fields__ or isinstance(attr, property), name
             continue
         params = list(inspect.signature(attr).parameters.values())[1:]  # without self
         got = [(p.name, p.default, p.kind is inspect.Parameter.KEYWORD_ONLY) for p in params]
@@ -300,26 +300,26 @@ def test_the_clean_layout_table_is_every_leaf_with_its_shape():
         seen |= set(leaves)
     assert seen == set(rows)
     # `clean` is call_with_all_aux vmapped over the probe batch (what ComputeFn._program passes)
-    src = inspect.getsource(scalars.ComputeFn._program)
+    src = inspect.getsource(scalars.engine.ComputeFn._program)
     assert "jax.vmap(model.call_with_all_aux)(traced.inputs)" in src
 
 
 def test_probe_metadata_is_as_documented(tmp_path):
     rows = {r[0]: set(re.findall(r"`(\w+)`", r[1])) for r in _table("| built by | metadata |")}
-    rt = scalars.repeated_tokens(vocab_size=64)
+    rt = scalars.probes.repeated_tokens(vocab_size=64)
     assert rt.batch_size == 16 and rt.name == "repeated_tokens"
-    assert set(rt.metadata) == rows["`scalars.repeated_tokens(...)` (probe `repeated_tokens`)"]
+    assert set(rt.metadata) == rows["`scalars.probes.repeated_tokens(...)` (probe `repeated_tokens`)"]
     toks = rt.arrays["tokens"]
-    assert dict(scalars.from_tokens(toks, metadata={"a": 1}).metadata) == {"a": 1, "T": 32}
-    assert dict(scalars.from_tokens(toks[:, :10], metadata={"a": 1}).metadata) == {"a": 1}
+    assert dict(scalars.probes.from_tokens(toks, metadata={"a": 1}).metadata) == {"a": 1, "T": 32}
+    assert dict(scalars.probes.from_tokens(toks[:, :10], metadata={"a": 1}).metadata) == {"a": 1}
     np.save(tmp_path / "p.npy", toks)
-    assert set(scalars.from_npy(tmp_path / "p.npy").metadata) == {"source", "T"}
-    assert rows["`scalars.from_npy(path, ...)` (a `--probe FILE.npy`)"] >= {"source", "T"}
-    from scalars._icl_probes import take_every
+    assert set(scalars.probes.from_npy(tmp_path / "p.npy").metadata) == {"source", "T"}
+    assert rows["`scalars.probes.from_npy(path, ...)` (a `--probe FILE.npy`)"] >= {"source", "T"}
+    from scalars.probes._icl import take_every
     assert set(take_every(rt, 4).metadata) == set(rt.metadata) | {"stride"}
     assert "stride" in rows["`NAME:stride=K`"]
     # what a run builds for the probe names the page gives (T = 32, or (n_ctx - 1) // 2 with learned positions)
-    from scalars._run_probes import build_run_probe
+    from scalars.engine._run_probes import build_run_probe
     info = {"config": {"task": {"bos_token": 0}}}
     for n_ctx, name, shape in [(128, "repeated_tokens", (16, 65)), (64, "repeated_tokens", (16, 63)),
                                (64, "repeated_tokens:batch=64", (64, 63)), (64, "repeated_tokens:batch=8,T=5,seed=3", (8, 11)),
@@ -328,14 +328,14 @@ def test_probe_metadata_is_as_documented(tmp_path):
         assert got.arrays["tokens"].shape == shape, (name, n_ctx)
     assert build_run_probe("repeated_tokens:batch=8,T=5,seed=3", tmp_path, info, ModelConfig()).metadata["seed"] == 3
     assert build_run_probe(str(tmp_path / "p.npy"), tmp_path, info, ModelConfig(n_ctx=128)).name == "p"
-    ex = scalars.from_classifier_arrays(np.zeros((2, 3, 4)), np.zeros((2, 3), int), metadata={"m": 1})
-    rg = scalars.from_regression_arrays(np.zeros((2, 3, 4)), np.zeros((2, 3)), metadata={"m": 1})
+    ex = scalars.probes.from_classifier_arrays(np.zeros((2, 3, 4)), np.zeros((2, 3), int), metadata={"m": 1})
+    rg = scalars.probes.from_regression_arrays(np.zeros((2, 3, 4)), np.zeros((2, 3)), metadata={"m": 1})
     assert dict(ex.metadata) == dict(rg.metadata) == {"m": 1}
 
 
 def test_the_command_line_defaults_the_page_names():
     from cli._compute import compute_command
-    from scalars._engine import DEFAULT_STALL_TIMEOUT
+    from scalars.engine._run import DEFAULT_STALL_TIMEOUT
 
     text = " ".join(_text().split())
     stall = inspect.signature(compute_command).parameters["stall_timeout"].default.default
@@ -386,7 +386,7 @@ def test_the_fingerprint_ignores_comments_layout_and_decorators_but_not_code(tmp
 def _reregister(path: Path, source: str, *names: str) -> None:
     for n in names:
         if n in _registry._REGISTRY:
-            scalars.unregister(n)
+            scalars.registry.unregister(n)
     path.write_text(source)
     _registry._LOADED_PLUGINS.pop(str(path.resolve()), None)
     assert scalars.load_plugin(path) == sorted(names)
@@ -397,22 +397,22 @@ def test_code_edits_force_and_version_behave_as_documented(tiny_run, copy_run, t
     v1 = _plugin_blocks()["my_types.py"]
     plug = tmp_path / "plug.py"
     _reregister(plug, v1, "bos_attention")
-    scalars.compute_run(run, ["bos_attention"])
+    scalars.compute(run, ["bos_attention"])
     before = store.open_scalars(run).bos_attention.values
 
     # a comment, a reflowed line and a new description: the stored cells are kept, nothing recomputed
     edited = v1.replace("    # one (B, H", "    # reworded comment\n\n    # one (B, H").replace(
         '"mean attention from every', '"the mean attention from every')
     _reregister(plug, edited, "bos_attention")
-    assert scalars.plan_compute(run, ["bos_attention"]).n_cells == 0
+    assert scalars.plan(run, ["bos_attention"])[0].n_cells == 0
     assert store.open_scalars(run).bos_attention.attrs["description"].startswith("mean attention")  # not updated
 
     # a code edit: refused until --force; --force on some steps replaces the variable and drops the rest
     changed = v1.replace('["pattern"][..., 0]', '["pattern"][..., 1]')
     _reregister(plug, changed, "bos_attention")
     with pytest.raises(store.StoreError, match="another definition"):
-        scalars.plan_compute(run, ["bos_attention"])
-    rep = scalars.compute_run(run, ["bos_attention"], steps="0-20", force=True)
+        scalars.plan(run, ["bos_attention"])
+    rep = scalars.compute(run, ["bos_attention"], steps="0-20", force=True)[0]
     assert any("4 cell(s) of the old definition outside the recomputed steps were dropped" in w for w in rep.warnings)
     after = store.open_scalars(run).bos_attention
     assert not np.isnan(after.values[:3]).any() and np.isnan(after.values[3:]).all()
@@ -422,12 +422,12 @@ def test_code_edits_force_and_version_behave_as_documented(tiny_run, copy_run, t
     # with version=, a code edit keeps the stored cells; --force overwrites only the selected steps in place
     versioned = v1.replace('probe="repeated_tokens",', 'probe="repeated_tokens", version=1,')
     _reregister(plug, versioned, "bos_attention")
-    scalars.compute_run(run, ["bos_attention"], force=True)  # accepted as it is (no fingerprint compared): overwritten
+    scalars.compute(run, ["bos_attention"], force=True)  # accepted as it is (no fingerprint compared): overwritten
     full = store.open_scalars(run).bos_attention.values
     np.testing.assert_allclose(full, before, rtol=1e-6)
     _reregister(plug, versioned.replace('["pattern"][..., 0]', '["pattern"][..., 1]'), "bos_attention")
-    assert scalars.plan_compute(run, ["bos_attention"]).n_cells == 0  # accepted: version names the definition
-    rep = scalars.compute_run(run, ["bos_attention"], steps="60", force=True)
+    assert scalars.plan(run, ["bos_attention"])[0].n_cells == 0  # accepted: version names the definition
+    rep = scalars.compute(run, ["bos_attention"], steps="60", force=True)[0]
     assert rep.cells_computed == 1 and not rep.warnings
     now = store.open_scalars(run).bos_attention.values
     np.testing.assert_array_equal(now[:-1], full[:-1])
@@ -435,7 +435,7 @@ def test_code_edits_force_and_version_behave_as_documented(tiny_run, copy_run, t
     # a raised version is refused like a code edit
     _reregister(plug, versioned.replace("version=1,", "version=2,"), "bos_attention")
     with pytest.raises(store.StoreError, match="version 1, the registered type is version 2"):
-        scalars.plan_compute(run, ["bos_attention"])
+        scalars.plan(run, ["bos_attention"])
 
 
 # -- loading plugins from a package, and the adaptive schedule -------------------------------------------
@@ -444,7 +444,7 @@ def test_the_entry_point_block_registers_a_packaged_plugin(tmp_path, monkeypatch
     toml_blocks = [body for lang, body in _blocks() if lang == "toml"]
     assert len(toml_blocks) == 1
     (group, eps), = tomllib.loads(toml_blocks[0])["project"]["entry-points"].items()
-    assert group == scalars.ENTRY_POINT_GROUP
+    assert group == scalars.registry.ENTRY_POINT_GROUP
     (ep_name, target), = eps.items()
     pkg, mod = target.split(".")
     site = tmp_path / "site"
@@ -457,7 +457,7 @@ def test_the_entry_point_block_registers_a_packaged_plugin(tmp_path, monkeypatch
     (info / "entry_points.txt").write_text(f"[{group}]\n{ep_name} = {target}\n")
     monkeypatch.syspath_prepend(str(site))
     try:
-        assert scalars.load_entry_point_plugins() == ["bos_attention"]
+        assert scalars.registry.load_entry_point_plugins() == ["bos_attention"]
         assert scalars.get_type("bos_attention").fingerprint is not None
         r = CliRunner().invoke(app, ["types"], env={"COLUMNS": "200"})
         assert r.exit_code == 0 and "bos_attention" in r.output

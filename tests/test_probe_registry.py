@@ -28,15 +28,15 @@ def plugin(tmp_path):
     yield path
     for name in ("attention_to_first",):
         if name in {t.name for t in scalars.list_types()}:
-            scalars.unregister(name)
-    if "constant_tokens" in {b.name for b in scalars.list_probes()}:
-        scalars.unregister_probe("constant_tokens")
+            scalars.registry.unregister(name)
+    if "constant_tokens" in {b.name for b in scalars.probes.list_probes()}:
+        scalars.probes.unregister_probe("constant_tokens")
 
 
 def test_builtin_probes_are_registered_by_head():
-    assert {b.name for b in scalars.list_probes("lm")} == {"repeated_tokens"}
-    assert {b.name for b in scalars.list_probes("regression")} == {"regression", "regression_pool"}
-    assert {b.name for b in scalars.list_probes("classifier")} == {"icl_dynamics"}
+    assert {b.name for b in scalars.probes.list_probes("lm")} == {"repeated_tokens"}
+    assert {b.name for b in scalars.probes.list_probes("regression")} == {"regression", "regression_pool"}
+    assert {b.name for b in scalars.probes.list_probes("classifier")} == {"icl_dynamics"}
 
 
 def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, copy_run):
@@ -44,8 +44,8 @@ def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, cop
     run = copy_run(tiny_run)
     res = CliRunner().invoke(app, ["compute", str(run), "--plugin", str(plugin), "--type", "attention_to_first", "-q"])
     assert res.exit_code == 0, res.output
-    info, config = scalars._plan.load_run_model_config(run)
-    default = scalars.build_run_probe("constant_tokens", run, info, config)
+    info, config = scalars.engine.load_run_model_config(run)
+    default = scalars.engine.build_run_probe("constant_tokens", run, info, config)
     assert default.batch_size == 4 and set(default.arrays["tokens"].ravel().tolist()) == {3}
     assert store.open_scalars(run)["attention_to_first"].attrs["probe_hash"] == default.content_hash
     res = CliRunner().invoke(app, ["compute", str(run), "--plugin", str(plugin), "--type", "attention_to_first",
@@ -58,7 +58,7 @@ def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, cop
     var = ds["attention_to_first"]
     assert var.attrs["probe"] == "constant_tokens"
     # the probe the type saw, rebuilt: 2 sequences of token 5
-    probe = scalars.build_run_probe("constant_tokens:batch=2,token=5", run, info, config)
+    probe = scalars.engine.build_run_probe("constant_tokens:batch=2,token=5", run, info, config)
     np.testing.assert_array_equal(probe.arrays["tokens"], np.full((2, config.n_ctx), 5, np.int32))
     assert var.attrs["probe_hash"] == probe.content_hash
     step = int(ds.step[-1])
@@ -71,18 +71,18 @@ def test_a_plugin_adds_a_probe_and_a_type_on_it_end_to_end(plugin, tiny_run, cop
 
 def test_probe_options_and_heads_are_checked_in_one_place(plugin, tiny_run):
     scalars.load_plugin(str(plugin))
-    info, config = scalars._plan.load_run_model_config(tiny_run)
+    info, config = scalars.engine.load_run_model_config(tiny_run)
     with pytest.raises(ValueError, match=r"unknown constant_tokens probe option\(s\) \['T'\]; its options are: "
                                          r"batch, token"):
-        scalars.build_run_probe("constant_tokens:T=3", tiny_run, info, config)
+        scalars.engine.build_run_probe("constant_tokens:T=3", tiny_run, info, config)
     with pytest.raises(ValueError, match="batch=0 must be a positive number of sequences"):
-        scalars.build_run_probe("constant_tokens:batch=0", tiny_run, info, config)
+        scalars.engine.build_run_probe("constant_tokens:batch=0", tiny_run, info, config)
     with pytest.raises(ValueError, match="probe 'regression' needs a regression model; this run's model is a "
                                          "token language model"):
-        scalars.build_run_probe("regression", tiny_run, info, config)
+        scalars.engine.build_run_probe("regression", tiny_run, info, config)
     with pytest.raises(ValueError, match="for this token language model use constant_tokens, repeated_tokens, "
                                          "induction_pair"):
-        scalars.build_run_probe("nosuch", tiny_run, info, config)
+        scalars.engine.build_run_probe("nosuch", tiny_run, info, config)
     with pytest.raises(ValueError, match="already registered"):
         scalars.register_probe("constant_tokens", description="again")(lambda run: None)
 

@@ -52,8 +52,8 @@ def np_pattern(p, layer, xq, xk):
 @pytest.fixture(scope="module")
 def setup():
     model = random_model()
-    probe = scalars.repeated_tokens(batch=5, T=6, vocab_size=CFG.vocab_size, seed=3)
-    _, cache = scalars.run_with_cache(scalars.CheckpointModel(model), probe.arrays["tokens"])
+    probe = scalars.probes.repeated_tokens(batch=5, T=6, vocab_size=CFG.vocab_size, seed=3)
+    _, cache = scalars.run_with_cache(scalars.one_checkpoint.CheckpointModel(model), probe.arrays["tokens"])
     p = {k: np.asarray(v, np.float64) for k, v in named_leaves(model).items()}
     return model, probe, cache, p
 
@@ -97,9 +97,9 @@ def test_both_sides_removed_equals_a_full_forward_with_resid_pre_edited(setup):
 
 def test_mixed_streams_on_a_pair(setup):
     model, probe, cache, p = setup
-    pair = scalars.induction_pair(batch=5, T=6, vocab_size=CFG.vocab_size, seed=3)
-    _, clean_cache = scalars.run_with_cache(scalars.CheckpointModel(model), pair.arrays["tokens"])
-    _, corrupt_cache = scalars.run_with_cache(scalars.CheckpointModel(model), pair.arrays["corrupt_tokens"])
+    pair = scalars.probes.induction_pair(batch=5, T=6, vocab_size=CFG.vocab_size, seed=3)
+    _, clean_cache = scalars.run_with_cache(scalars.one_checkpoint.CheckpointModel(model), pair.arrays["tokens"])
+    _, corrupt_cache = scalars.run_with_cache(scalars.one_checkpoint.CheckpointModel(model), pair.arrays["corrupt_tokens"])
     name = "mixed_stream_pattern_score"
     for q in ("clean", "corrupt"):
         for k in ("clean", "corrupt"):
@@ -119,12 +119,10 @@ def test_mixed_streams_on_a_pair(setup):
 def test_bad_options_and_probes_are_refused(setup, tiny_run):
     model, probe, _, _ = setup
     with pytest.raises(ValueError, match="option score must be one of prev_token, bos, induction, duplicate"):
-        scalars.plan_compute(tiny_run, ["reconstituted_pattern_score"],
-                             options={"reconstituted_pattern_score": {"score": "nope"}})
+        scalars.plan(tiny_run, ["reconstituted_pattern_score"], options={"reconstituted_pattern_score": {"score": "nope"}})
     with pytest.raises(ValueError, match="option remove_from must be one of query, key, both"):
-        scalars.plan_compute(tiny_run, ["reconstituted_pattern_score"],
-                             options={"reconstituted_pattern_score": {"remove_from": "value"}})
-    plain = scalars.from_tokens(np.asarray(probe.arrays["tokens"])[:, :9], name="short")  # no repeat length
+        scalars.plan(tiny_run, ["reconstituted_pattern_score"], options={"reconstituted_pattern_score": {"remove_from": "value"}})
+    plain = scalars.probes.from_tokens(np.asarray(probe.arrays["tokens"])[:, :9], name="short")  # no repeat length
     with pytest.raises(ValueError, match="needs a repeated-token probe"):
         compute(model, plain, {"score": "induction"})
     assert compute(model, plain, {"score": "bos"}).shape == (3, 3, 3, 3)  # bos needs no repeat
@@ -139,7 +137,7 @@ def test_reconstituted_neuron_post_equals_a_full_forward_with_the_mlp_input_edit
     rng = np.random.default_rng(5)
     shaped = eqx.filter_eval_shape(build_model, cfg)
     model = jax.tree_util.tree_map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shaped)
-    probe = scalars.repeated_tokens(batch=4, T=5, vocab_size=20, seed=1)
+    probe = scalars.probes.repeated_tokens(batch=4, T=5, vocab_size=20, seed=1)
     tokens = probe.arrays["tokens"]
     fn = scalars.make_compute_fn(["reconstituted_neuron_post"], cfg, probe,
                                  options={"reconstituted_neuron_post": {"readout": "value"}})

@@ -162,7 +162,7 @@ def test_training_logs_loss_by_position_and_baseline_distances(memorizing_run):
 
 def test_regression_types_through_the_engine(memorizing_run, copy_run):
     run = copy_run(memorizing_run)
-    report = scalars.compute_run(run, ["icl_regression_loss", "delta_ridge", "delta_dmmse"])
+    report = scalars.compute(run, ["icl_regression_loss", "delta_ridge", "delta_dmmse"])[0]
     assert report.cells_computed == 3 * 4 and not report.warnings
     ds = store.open_scalars(run)
     for name in ("icl_regression_loss", "delta_ridge", "delta_dmmse"):
@@ -170,8 +170,8 @@ def test_regression_types_through_the_engine(memorizing_run, copy_run):
     np.testing.assert_array_equal(ds.pos.values, np.arange(8))
     np.testing.assert_array_equal(ds.step.values, [0, 30, 60, 90])
     # the stored values equal a direct computation from the checkpoint and the probe's baselines
-    info, config = scalars._plan.load_run_model_config(run)
-    probe = scalars.build_run_probe("regression", run, info, config)
+    info, config = scalars.engine.load_run_model_config(run)
+    probe = scalars.engine.build_run_probe("regression", run, info, config)
     model = store.open_archive(run).load(90)
     from trainer.model import load_named_leaves
 
@@ -184,7 +184,7 @@ def test_regression_types_through_the_engine(memorizing_run, copy_run):
                                rtol=1e-5, atol=1e-7)
     assert float(ds.delta_dmmse.sel(step=90).mean()) < 0.02 < float(ds.delta_ridge.sel(step=90).mean())
     # --all: every generic type reads the regression probe (loss = mean squared error); SGLD types are opt-in
-    scalars.compute_runs([str(run)], [], all_types=True, steps="90", progress=False)
+    scalars.compute([str(run)], [], all_types=True, steps="90")
     ds = store.open_scalars(run)
     np.testing.assert_allclose(float(ds["loss"].sel(step=90)), float(ds.icl_regression_loss.sel(step=90).mean()),
                                rtol=1e-5)
@@ -193,19 +193,19 @@ def test_regression_types_through_the_engine(memorizing_run, copy_run):
 
 
 def test_regression_probes_from_the_run(memorizing_run):
-    info, config = scalars._plan.load_run_model_config(memorizing_run)
-    a = scalars.build_run_probe("regression", memorizing_run, info, config)
-    b = scalars.build_run_probe("regression", memorizing_run, info, config)
-    pool = scalars.build_run_probe("regression_pool:batch=16", memorizing_run, info, config)
+    info, config = scalars.engine.load_run_model_config(memorizing_run)
+    a = scalars.engine.build_run_probe("regression", memorizing_run, info, config)
+    b = scalars.engine.build_run_probe("regression", memorizing_run, info, config)
+    pool = scalars.engine.build_run_probe("regression_pool:batch=16", memorizing_run, info, config)
     assert a.content_hash == b.content_hash and a.kind == "regression" and a.batch_size == 512
     assert (a.seq_len, a.n_pos, pool.batch_size) == (15, 8, 16)
     w = task_pool(build_task(info["config"]).cfg)[0]
     np.testing.assert_allclose(pool.arrays["dmmse"], pool.arrays["xs"] @ w, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="probe 'regresion' is not a probe name this run knows; for this regression model use regression, "
                        "regression_pool"):
-        scalars.build_run_probe("regresion", memorizing_run, info, config)
+        scalars.engine.build_run_probe("regresion", memorizing_run, info, config)
     with pytest.raises(ValueError, match="unknown regression_pool probe option"):
-        scalars.build_run_probe("regression_pool:T=3", memorizing_run, info, config)
+        scalars.engine.build_run_probe("regression_pool:T=3", memorizing_run, info, config)
 
 
 def test_declared_shapes_of_regression_types_on_a_random_model():
@@ -214,12 +214,12 @@ def test_declared_shapes_of_regression_types_on_a_random_model():
     xs, ys = rng.normal(size=(6, 5, 2)), rng.normal(size=(6, 5))
     from trainer.tasks import bayes_predictions
 
-    probe = scalars.from_regression_arrays(xs, ys, name="regression", **bayes_predictions(xs, ys, None, 0.1))
+    probe = scalars.probes.from_regression_arrays(xs, ys, name="regression", **bayes_predictions(xs, ys, None, 0.1))
     names = [t.name for t in scalars.list_types() if t.requires == "regression"]
     assert set(names) == {"icl_regression_loss", "delta_ridge", "delta_dmmse"}
     out = scalars.make_compute_fn(names, cfg, probe)(eqx.filter(build_model(cfg), eqx.is_array))
     for name in names:
-        assert out[name].shape == scalars.type_shape(name, cfg, probe) == (5,)
+        assert out[name].shape == scalars.registry.type_shape(name, cfg, probe) == (5,)
     np.testing.assert_allclose(out["delta_ridge"], out["delta_dmmse"])  # no pool: dMMSE is ridge
     model = build_model(cfg)
     pred = np.asarray(jax.vmap(lambda x, y: regression_predictions(model({"xs": x, "ys": y})))(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import store
-from scalars import compute_run
+import scalars
 from trainer.config import resolve_config
 from trainer.train import train
 
@@ -62,7 +62,7 @@ def test_verify_names_step_and_array_of_a_damaged_checkpoint_chunk(tiny_run, cop
 
 def test_verify_names_a_damaged_scalar_cell(tiny_run, copy_run):
     run = copy_run(tiny_run)
-    compute_run(run, ["induction_score"])
+    scalars.compute(run, ["induction_score"])
     cell = next(p for p in (run / "scalars.zarr" / "induction_score" / "c").rglob("*") if p.is_file())
     cell.write_bytes(cell.read_bytes()[:5])
     res = cli("verify", str(run))
@@ -131,7 +131,7 @@ def test_disk_full_during_training_keeps_the_archive_valid(tiny_run, tmp_path):
 def test_disk_full_during_compute_exposes_no_partial_cell(tiny_run, copy_run):
     run = copy_run(tiny_run)
     reference = copy_run(tiny_run, "reference")
-    compute_run(reference, SUITE)
+    scalars.compute(reference, SUITE)
     args = ["compute", str(run), "-q", *sum((["--type", t] for t in SUITE), [])]
     res = subprocess.run([sys.executable, "-c", DISK_FULL, "40", *args], capture_output=True, text=True)
     assert res.returncode != 0 and "error: no space left on the disk" in res.stderr and "free space there" in res.stderr and "Traceback" not in res.stderr, res.stderr
@@ -166,8 +166,8 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path):
 
 def test_the_same_compute_twice_gives_bit_identical_scalars(tiny_run, copy_run):
     a, b = copy_run(tiny_run, "a"), copy_run(tiny_run, "b")
-    compute_run(a, SUITE + ["loss", "composition_k"])
-    compute_run(b, SUITE + ["loss", "composition_k"])
+    scalars.compute(a, SUITE + ["loss", "composition_k"])
+    scalars.compute(b, SUITE + ["loss", "composition_k"])
     for name in SUITE + ["loss", "composition_k"]:
         np.testing.assert_array_equal(store.open_scalars(a)[name].values, store.open_scalars(b)[name].values)
 
@@ -202,7 +202,7 @@ def test_sigkill_during_training_at_20_random_points(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_compute_at_20_random_points(tiny_run, copy_run):
     reference = copy_run(tiny_run, "reference")
-    compute_run(reference, SUITE, block_size=1)
+    scalars.compute(reference, SUITE, block_size=1)
     expected = {n: store.open_scalars(reference)[n].values for n in SUITE}
     rng = random.Random(7)
     args = ["compute", "-q", "--block-size", "1", *sum((["--type", t] for t in SUITE), [])]

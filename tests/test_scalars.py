@@ -28,14 +28,14 @@ def random_model(config, seed, scale=0.3):
 
 def classifier_probe(name, seed, batch=6):
     rng = np.random.default_rng(seed)
-    return scalars.from_classifier_arrays(
+    return scalars.probes.from_classifier_arrays(
         rng.normal(size=(batch, 3, 6)), rng.integers(0, 4, size=(batch, 3)), rng.integers(0, 2, size=batch), name=name
     )
 
 
 def types_for(config):  # paired-probe (patching) types have their own fast == naive tests in test_patching.py;
     # opt-in SGLD estimators (llc, rllc) have theirs in test_llc.py; neuron types need an MLP
-    from scalars._plan import applicable_types
+    from scalars.engine._plan import applicable_types
 
     applies = set(applicable_types(config))
     return [t.name for t in scalars.list_types() if t.name in applies and t.probe != "default_pair"]
@@ -49,9 +49,9 @@ def assert_close(fast, ref, what):
 @pytest.fixture(scope="module")
 def lm_setup():
     models = [random_model(LM_CFG, seed) for seed in (1, 2)]
-    probe = scalars.repeated_tokens(seed=0, batch=4, T=5, vocab_size=LM_CFG.vocab_size)
+    probe = scalars.probes.repeated_tokens(seed=0, batch=4, T=5, vocab_size=LM_CFG.vocab_size)
     types = types_for(LM_CFG)
-    naive = [scalars.naive_compute(types, m, probe) for m in models]
+    naive = [scalars.reference.naive_compute(types, m, probe) for m in models]
     return models, probe, types, naive
 
 
@@ -60,7 +60,7 @@ def cls_setup():
     models = [random_model(CLS_CFG, seed) for seed in (4, 5, 6)]
     probes = {name: classifier_probe(name, seed) for seed, name in enumerate(("icl", "iwl", "icl_dynamics"))}
     types = types_for(CLS_CFG)
-    naive = [scalars.naive_compute(types, m, probes) for m in models]
+    naive = [scalars.reference.naive_compute(types, m, probes) for m in models]
     return models, probes, types, naive
 
 
@@ -75,8 +75,8 @@ def test_fast_path_equals_naive_lm_lax_map_and_no_retrace(lm_setup):
 @pytest.mark.slow
 def test_fast_path_equals_naive_lm_block_of_checkpoints_vmap_heads(lm_setup):
     models, probe, types, naive = lm_setup
-    fn = scalars.make_block_compute_fn(types, LM_CFG, probe, head_batching="vmap")
-    out = fn(scalars.stack_params(models))
+    fn = scalars.engine.make_block_compute_fn(types, LM_CFG, probe, head_batching="vmap")
+    out = fn(scalars.engine.stack_params(models))
     for i, ref in enumerate(naive):
         assert_close({k: v[i] for k, v in out.items()}, ref, f"block checkpoint {i}")
 
@@ -85,8 +85,8 @@ def test_fast_path_equals_naive_lm_block_of_checkpoints_vmap_heads(lm_setup):
 def test_fast_path_equals_naive_classifier_rope_block(cls_setup):
     models, probes, types, naive = cls_setup
     assert {"induction_strength", "icl_accuracy", "iwl_accuracy", "layer_removal_loss"} <= set(types)
-    fn = scalars.make_block_compute_fn(types, CLS_CFG, probes, head_batching="map")
-    out = fn(scalars.stack_params(models))
+    fn = scalars.engine.make_block_compute_fn(types, CLS_CFG, probes, head_batching="map")
+    out = fn(scalars.engine.stack_params(models))
     for i, ref in enumerate(naive):
         assert_close({k: v[i] for k, v in out.items()}, ref, f"classifier checkpoint {i}")
     assert fn.trace_count == 1
@@ -107,9 +107,9 @@ def test_every_type_has_known_dims_snake_name_and_declared_shape(lm_setup, cls_s
         heads = [dst.requires] if dst.requires else ["lm", "classifier"]
         for head in [h for h in heads if dst.name in outputs[h] or "neuron" not in dst.dims]:  # CLS_CFG: no MLP
             value = outputs[head][dst.name]
-            probe = scalars.select_probe(dst, configs[head], probes[head])
-            assert value.shape == scalars.type_shape(dst, configs[head], probe), (dst.name, head)
-    coords = scalars.type_coords("composition_k", LM_CFG)
+            probe = scalars.engine.select_probe(dst, configs[head], probes[head])
+            assert value.shape == scalars.registry.type_shape(dst, configs[head], probe), (dst.name, head)
+    coords = scalars.registry.type_coords("composition_k", LM_CFG)
     assert list(coords) == ["layer", "head", "src_layer", "src_head"]
     np.testing.assert_array_equal(coords["head"], np.arange(LM_CFG.n_heads))
 
@@ -129,19 +129,19 @@ def test_per_position_mean_ablation_fast_equals_naive(lm_setup):
              "layer_removal_loss"]
     options = {t: {"ablation": "mean_per_position"} for t in types}
     fast = scalars.make_compute_fn(types, LM_CFG, probe, options=options)(eqx.filter(models[0], eqx.is_array))
-    naive = scalars.naive_compute(types, models[0], probe, options=options)
+    naive = scalars.reference.naive_compute(types, models[0], probe, options=options)
     assert_close(fast, naive, "mean_per_position")
-    pooled = scalars.naive_compute(["ablated_loss"], models[0], probe, options={"ablated_loss": {"ablation": "mean"}})
+    pooled = scalars.reference.naive_compute(["ablated_loss"], models[0], probe, options={"ablated_loss": {"ablation": "mean"}})
     assert not np.allclose(naive["ablated_loss"], pooled["ablated_loss"], atol=1e-4)
 
 
 def test_type_probes_override_the_declared_probe(lm_setup):
     models, _, _, _ = lm_setup
-    user = scalars.from_tokens(np.random.default_rng(5).integers(0, 20, size=(3, 9)), name="user", vocab_size=20)
+    user = scalars.probes.from_tokens(np.random.default_rng(5).integers(0, 20, size=(3, 9)), name="user", vocab_size=20)
     fn = scalars.make_compute_fn(["loss", "composition_v"], LM_CFG, type_probes={"loss": user})
     assert fn.probe_for == {"loss": user, "composition_v": None}
     out = fn(eqx.filter(models[0], eqx.is_array))
-    np.testing.assert_allclose(np.asarray(out["loss"]), scalars.naive_compute(["loss"], models[0], user)["loss"],
+    np.testing.assert_allclose(np.asarray(out["loss"]), scalars.reference.naive_compute(["loss"], models[0], user)["loss"],
                                rtol=1e-6)
 
 
@@ -188,11 +188,11 @@ def test_plugin_registers_a_type_that_the_engine_computes(tmp_path):
         assert scalars.load_plugin(plugin) == ["mean_resid_norm"]  # loading again is a no-op
         dst = scalars.get_type("mean_resid_norm")
         cfg = ModelConfig(n_layers=2, d_model=8, n_heads=2, vocab_size=10, n_ctx=8)
-        probe = scalars.repeated_tokens(batch=2, T=3, vocab_size=10)
+        probe = scalars.probes.repeated_tokens(batch=2, T=3, vocab_size=10)
         out = scalars.make_compute_fn([dst], cfg, probe)(eqx.filter(random_model(cfg, 0), eqx.is_array))
         assert out["mean_resid_norm"].shape == (2,)
     finally:
-        scalars.unregister("mean_resid_norm")
+        scalars.registry.unregister("mean_resid_norm")
 
 
 def test_plugin_errors_are_one_clear_sentence(tmp_path):
@@ -221,32 +221,32 @@ def test_plugin_with_wrong_output_shape_is_reported(tmp_path):
 
     try:
         cfg = ModelConfig(n_layers=2, d_model=12, n_heads=3, vocab_size=10, n_ctx=8)
-        probe = scalars.repeated_tokens(batch=2, T=3, vocab_size=10)
+        probe = scalars.probes.repeated_tokens(batch=2, T=3, vocab_size=10)
         fn = scalars.make_compute_fn(["wrong_shape_score"], cfg, probe)
         with pytest.raises(ValueError, match=r"type 'wrong_shape_score' returned shape \(3, 2\).*declare \(2, 3\)"):
             fn(eqx.filter(random_model(cfg, 0), eqx.is_array))
     finally:
-        scalars.unregister("wrong_shape_score")
+        scalars.registry.unregister("wrong_shape_score")
 
 
 def test_repeated_tokens_probe_layout_and_hash():
-    p = scalars.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11)
+    p = scalars.probes.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11)
     tokens = np.asarray(p.arrays["tokens"])
     assert tokens.shape == (5, 15) and tokens.dtype == np.int32
     assert (tokens[:, 0] == 0).all() and (tokens[:, 1:] >= 1).all() and (tokens < 11).all()
     np.testing.assert_array_equal(tokens[:, 1:8], tokens[:, 8:])
     assert p.metadata["T"] == 7 and p.seq_len == 15 and p.kind == "tokens"
-    again = scalars.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11)
+    again = scalars.probes.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11)
     assert again.content_hash == p.content_hash and len(p.content_hash) == 64
-    assert scalars.repeated_tokens(seed=4, batch=5, T=7, vocab_size=11).content_hash != p.content_hash
-    other_bos = scalars.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11, bos=4)
+    assert scalars.probes.repeated_tokens(seed=4, batch=5, T=7, vocab_size=11).content_hash != p.content_hash
+    other_bos = scalars.probes.repeated_tokens(seed=3, batch=5, T=7, vocab_size=11, bos=4)
     assert (np.asarray(other_bos.arrays["tokens"])[:, 1:] != 4).all()
 
 
 def test_token_probe_from_npy_errors(tmp_path):
     good = tmp_path / "good.npy"
     np.save(good, np.array([[0, 1, 2, 1, 2]]))
-    p = scalars.from_npy(good, T=2, vocab_size=3)
+    p = scalars.probes.from_npy(good, T=2, vocab_size=3)
     assert p.name == "good" and p.metadata["T"] == 2
     cases = {
         "rank.npy": (np.zeros(5, np.int64), r"must have shape \(batch, seq\), got shape \(5,\)"),
@@ -256,21 +256,21 @@ def test_token_probe_from_npy_errors(tmp_path):
     for fname, (arr, message) in cases.items():
         np.save(tmp_path / fname, arr)
         with pytest.raises(ValueError, match=message):
-            scalars.from_npy(tmp_path / fname, vocab_size=3)
-    assert scalars.from_npy(good).metadata["T"] == 2  # the repeated layout is detected
+            scalars.probes.from_npy(tmp_path / fname, vocab_size=3)
+    assert scalars.probes.from_npy(good).metadata["T"] == 2  # the repeated layout is detected
     with pytest.raises(ValueError, match="with T=3 must have 2T\\+1=7 positions"):
-        scalars.from_npy(good, T=3)
+        scalars.probes.from_npy(good, T=3)
     np.save(tmp_path / "plain.npy", np.array([[0, 1, 2, 2, 1]]))
-    assert "T" not in scalars.from_npy(tmp_path / "plain.npy").metadata
+    assert "T" not in scalars.probes.from_npy(tmp_path / "plain.npy").metadata
     with pytest.raises(ValueError, match="positions 1..T and T\\+1..2T must hold the same tokens"):
-        scalars.from_npy(tmp_path / "plain.npy", T=2)
+        scalars.probes.from_npy(tmp_path / "plain.npy", T=2)
     with pytest.raises(ValueError, match="does not exist"):
-        scalars.from_npy(tmp_path / "missing.npy")
+        scalars.probes.from_npy(tmp_path / "missing.npy")
 
 
 def test_repeat_types_need_a_repeat_length():
     cfg = ModelConfig(n_layers=1, d_model=8, n_heads=2, vocab_size=10, n_ctx=8)
-    probe = scalars.from_tokens(np.ones((2, 6), np.int32), name="plain")
+    probe = scalars.probes.from_tokens(np.ones((2, 6), np.int32), name="plain")
     fn = scalars.make_compute_fn(["induction_score"], cfg, probe)
     with pytest.raises(ValueError, match="probe 'plain' has no repeat length T"):
         fn(eqx.filter(random_model(cfg, 0), eqx.is_array))
@@ -325,11 +325,11 @@ def test_entry_point_plugins_are_loaded(tmp_path, monkeypatch):
             return ctx.clean_metrics()[0]
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    ep = importlib.metadata.EntryPoint(name="mine", value="ep_types_pkg", group=scalars.ENTRY_POINT_GROUP)
+    ep = importlib.metadata.EntryPoint(name="mine", value="ep_types_pkg", group=scalars.registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [ep] if group == ep.group else [])
     try:
-        assert scalars.load_entry_point_plugins() == ["entry_point_score"]
-        assert scalars.load_entry_point_plugins() == []  # already loaded
+        assert scalars.registry.load_entry_point_plugins() == ["entry_point_score"]
+        assert scalars.registry.load_entry_point_plugins() == []  # already loaded
         assert scalars.get_type("entry_point_score").dims == ()
     finally:
-        scalars.unregister("entry_point_score")
+        scalars.registry.unregister("entry_point_score")

@@ -59,7 +59,7 @@ def distinct_repeats(batch=4, seed=0):
     rng = np.random.default_rng(seed)
     first = np.stack([rng.permutation(np.arange(1, V))[:T] for _ in range(batch)])
     tokens = np.concatenate([np.zeros((batch, 1), np.int64), first, first], axis=1)
-    return scalars.from_tokens(tokens, name="distinct_repeats", T=T, vocab_size=V)
+    return scalars.probes.from_tokens(tokens, name="distinct_repeats", T=T, vocab_size=V)
 
 
 # paired-probe (patching) types have their own planted tests in test_patching.py
@@ -69,7 +69,7 @@ LM_TYPES = [t.name for t in scalars.list_types()  # SGLD estimators (opt-in): te
 
 @pytest.fixture(scope="module")
 def planted():
-    from scalars._plan import applicable_types
+    from scalars.engine._plan import applicable_types
 
     model = planted_model()
     types = [n for n in LM_TYPES if n in applicable_types(model.config)]  # attention-only: no neuron types
@@ -180,7 +180,7 @@ def routed_model(layer1_reads: str, seed=0):
 def routed():
     types = ["loss", "ablated_loss", "ablated_loss_pattern_preserving", "ablated_loss_value_preserving"]
     models = {kind: routed_model(kind) for kind in ("values", "keys")}
-    probe = scalars.repeated_tokens(seed=1, batch=4, T=6, vocab_size=12)
+    probe = scalars.probes.repeated_tokens(seed=1, batch=4, T=6, vocab_size=12)
     fn = scalars.make_compute_fn(types, models["values"].config, probe)
     out = {kind: {k: np.asarray(v) for k, v in fn(eqx.filter(m, eqx.is_array)).items()} for kind, m in models.items()}
     assert fn.trace_count == 1

@@ -48,7 +48,7 @@ def test_in_place_import_references_the_files_and_computes_what_a_copy_computes(
     name = a.leaf_names[0]
     assert np.array_equal(lazy[name].sel(step=20).values, b.load(20)[name])
     for run in (ref, dense):
-        report = scalars.compute_run(run, types=TYPES, block_size=2)
+        report = scalars.compute(run, types=TYPES, block_size=2)[0]
         assert not report.failed_steps
     x, y = store.open_scalars(ref), store.open_scalars(dense)
     for t in TYPES:

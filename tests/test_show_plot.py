@@ -122,7 +122,7 @@ def test_plot_overlay_draws_one_line_per_run_for_its_best_or_a_chosen_head(tmp_p
 
 
 def test_plot_align_at_shifts_each_run_to_its_own_crossing(tmp_path, figures):
-    from scalars.plotting import crossing
+    from scalars.view.plotting import crossing
 
     runs = [_run(tmp_path, n, seed=s) for n, s in (("a", 0), ("b", 1), ("c", 2))]
     r = runner.invoke(app, ["plot", *runs, "--type", "induction_score", "--overlay", "--align-at", "0.5",

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 import scalars
 import store
 from cli.app import app
-from scalars import ablate_head, ablate_neuron, load_model, patch_head, patch_resid, run_with_cache
+from scalars.one_checkpoint import ablate_head, ablate_neuron, patch_head, patch_resid
+from scalars import load_model, run_with_cache
 from scalars.one_checkpoint import CheckpointModel, session_namespace
 from trainer.model import ModelConfig, build_model, load_named_leaves
 
@@ -155,7 +156,7 @@ def test_model_and_cache_are_jit_friendly_pytrees():
     tokens, _ = tokens_pair()
     logits, cache = jax.jit(run_with_cache)(model, tokens)
     close(logits, model(tokens), 1e-5)
-    assert isinstance(cache, scalars.ActivationCache) and "blocks.0.hook_mlp_out" in cache
+    assert isinstance(cache, scalars.one_checkpoint.ActivationCache) and "blocks.0.hook_mlp_out" in cache
     grads = eqx.filter_grad(lambda m: m(tokens).sum())(model)
     assert grads.model.blocks[0].attn.W_Q.shape == (2, 16, 8)
     per_example = model.call_with_all_aux(tokens[0])
@@ -281,7 +282,7 @@ def test_intervention_inputs_are_checked_in_one_sentence():
 def test_load_model_at_a_step_and_at_last(tiny_run):
     reader = store.open_archive(tiny_run)
     steps = reader.steps.tolist()
-    tokens = scalars.repeated_tokens(batch=2, T=8, vocab_size=64).inputs
+    tokens = scalars.probes.repeated_tokens(batch=2, T=8, vocab_size=64).inputs
     config = ModelConfig.from_dict(store.read_run_json(tiny_run)["model"])
     for step, want in ((steps[2], steps[2]), ("last", steps[-1]), ("first", steps[0]), (str(steps[1]), steps[1])):
         model = load_model(tiny_run, step)
@@ -311,7 +312,7 @@ def test_load_model_on_an_imported_icl_dynamics_run(tmp_path):
     (run,) = import_icl_dynamics([folder], tmp_path / "imported", data="synthetic")
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
-    probe = scalars.build_run_probe("default:stride=16", run, info, config)
+    probe = scalars.engine.build_run_probe("default:stride=16", run, info, config)
     model = load_model(run, "last")
     logits, cache = run_with_cache(model, probe.inputs)
     assert logits.shape == (probe.batch_size, probe.seq_len, config.n_labels)
@@ -324,7 +325,7 @@ def test_load_model_on_an_imported_icl_dynamics_run(tmp_path):
 def test_load_model_on_a_regression_run(memorizing_regression_run):
     info = store.read_run_json(memorizing_regression_run)
     config = ModelConfig.from_dict(info["model"])
-    probe = scalars.build_run_probe("default", memorizing_regression_run, info, config)
+    probe = scalars.engine.build_run_probe("default", memorizing_regression_run, info, config)
     model = load_model(memorizing_regression_run, "last")
     assert model.cfg is model.config and model.cfg.head == "regression"
     logits, cache = run_with_cache(model, probe.inputs)  # {"xs": (B, K, D), "ys": (B, K)}
@@ -374,5 +375,5 @@ def test_open_starts_ipython_reading_piped_commands(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "at step 60" in r.stdout and "run_with_cache" in r.stdout  # the banner
     info = store.read_run_json(tiny_run)
-    probe = scalars.build_run_probe("default", tiny_run, info, ModelConfig.from_dict(info["model"]))
+    probe = scalars.engine.build_run_probe("default", tiny_run, info, ModelConfig.from_dict(info["model"]))
     assert "CheckpointModel 60" in r.stdout and str((16, info["model"]["n_heads"], probe.seq_len, probe.seq_len)) in r.stdout

@@ -26,7 +26,7 @@ def random_model(config, seed=0, scale=0.3):
 @pytest.fixture(scope="module")
 def setup():
     model = random_model(CFG)
-    probe = scalars.repeated_tokens(batch=6, T=7, vocab_size=CFG.vocab_size, seed=1)
+    probe = scalars.probes.repeated_tokens(batch=6, T=7, vocab_size=CFG.vocab_size, seed=1)
     fn = scalars.make_compute_fn(TYPES, CFG, probe)
     got = {k: np.asarray(v, np.float64) for k, v in fn(eqx.filter(model, eqx.is_array)).items()}
     return model, probe, got
@@ -43,7 +43,7 @@ def _loss(model, tokens, cache) -> float:
 
 def test_write_norms_equal_numpy_from_the_cache_and_weights(setup):
     model, probe, got = setup
-    _, cache = scalars.run_with_cache(scalars.CheckpointModel(model), probe.arrays["tokens"])
+    _, cache = scalars.run_with_cache(scalars.one_checkpoint.CheckpointModel(model), probe.arrays["tokens"])
     for l, block in enumerate(model.blocks):
         z = np.asarray(cache[f"blocks.{l}.attn.hook_z"], np.float64)  # (B, T, H, e)
         writes = np.einsum("bthe,hed->bthd", z, np.asarray(block.attn.W_O, np.float64))
@@ -86,18 +86,18 @@ def test_head_act_grad_approximates_the_zero_ablation_effect_for_small_heads():
     """With small head outputs (init scale 0.02) the loss is nearly linear in each z: act . grad is
     within 10% of loss - ablated_loss."""
     model = random_model(CFG, seed=3, scale=0.05)
-    probe = scalars.repeated_tokens(batch=8, T=7, vocab_size=CFG.vocab_size, seed=2)
+    probe = scalars.probes.repeated_tokens(batch=8, T=7, vocab_size=CFG.vocab_size, seed=2)
     out = scalars.make_compute_fn(["head_act_grad", "ablated_loss", "loss"], CFG, probe)(eqx.filter(model, eqx.is_array))
     effect = float(out["loss"]) - np.asarray(out["ablated_loss"])
     np.testing.assert_allclose(np.asarray(out["head_act_grad"]), effect, rtol=0.1, atol=2e-4)
 
 
 def test_neuron_types_are_refused_on_attention_only_models_and_left_out_of_all():
-    from scalars._plan import applicable_types
+    from scalars.engine._plan import applicable_types
 
     attn_only = ModelConfig(n_layers=2, d_model=16, n_heads=2, vocab_size=20, n_ctx=16, attn_only=True)
     with pytest.raises(ValueError, match="this model is attention-only"):
-        scalars.make_compute_fn(["neuron_write_norm"], attn_only, scalars.repeated_tokens(batch=2, T=4, vocab_size=20))
+        scalars.make_compute_fn(["neuron_write_norm"], attn_only, scalars.probes.repeated_tokens(batch=2, T=4, vocab_size=20))
     names = set(applicable_types(attn_only))
     assert "head_write_norm" in names and not {"neuron_write_norm", "neuron_act_grad"} & names
     assert {"neuron_write_norm", "neuron_act_grad"} <= set(applicable_types(CFG))

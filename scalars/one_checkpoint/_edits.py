@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .. import _interventions as iv
+from ..interventions import _ablation as iv
 from ._cache import ActivationCache
 from ._model import CheckpointModel, Inputs
 

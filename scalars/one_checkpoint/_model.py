@@ -19,8 +19,8 @@ import numpy as np
 import store
 from trainer.model import ModelConfig, Transformer, params_from_named
 
-from .._compute import model_template
-from .._plan import load_run_model_config
+from ..engine._program import model_template
+from ..engine._plan import load_run_model_config
 
 __all__ = ["CheckpointModel", "load_model", "resolve_step", "batched_aux"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import store
 
-from .._plan import load_run_model_config
-from .._run_probes import build_run_probe
+from ..engine._plan import load_run_model_config
+from ..engine._run_probes import build_run_probe
 from ._cache import run_with_cache
 from ._edits import ablate_head, ablate_neuron, patch_head, patch_resid
 from ._model import load_model, resolve_step

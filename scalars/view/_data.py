@@ -86,7 +86,8 @@ def load_pattern_view(
     run, or a computed one with `compute_missing=False`), so a bad request costs nothing.
     """
     import store
-    from scalars import compute_run, plan_compute
+    from ..engine import run_plan
+    from ..engine._plan import plan_compute
     from trainer.model import ModelConfig
 
     run_dir = str(run_dir)
@@ -108,7 +109,7 @@ def load_pattern_view(
         if plan.n_cells:
             if log:
                 log(f"computing {TYPE} for {plan.n_cells} checkpoint(s) of {run_dir} (stored in the run)")
-            report = compute_run(run_dir, [TYPE], plan=plan)
+            report = run_plan(plan)
             if report.failed_steps:
                 first = sorted(report.failed_steps.items())[0]
                 raise ValueError(f"computing {TYPE} failed at step {first[0]}: {first[1]}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .._probes import Probe
+    from ..probes._probe import Probe
 
 __all__ = ["axis_labels", "position_labels"]
 
