@@ -300,26 +300,29 @@ def test_a_shipped_plan_is_the_plan_a_worker_runs_without_planning_again(tiny_ru
     plugin = tmp_path / "shipped.py"
     plugin.write_text(SHIPPED_PLUGIN)
     scalars.load_plugin(plugin)
-    run, reference = copy_run(tiny_run, "shipped"), copy_run(tiny_run, "in_process")
-    [plan] = scalars.plan(run, ["shipped_norm", "induction_score"])
-    wire = cloudpickle.dumps(ship_plan(plan))
-    (tmp_path / "shipped.pkl").write_bytes(wire)
-    (tmp_path / "unshipped.pkl").write_bytes(cloudpickle.dumps(plan))
-    load = "import cloudpickle, sys; cloudpickle.loads(open(sys.argv[1], 'rb').read()); print('ok')"
-    fresh = [subprocess.run([sys.executable, "-c", load, str(tmp_path / f)], capture_output=True, text=True)
-             for f in ("shipped.pkl", "unshipped.pkl")]
-    # a worker that has not loaded the plugin yet can read the shipped plan, not the plan itself
-    assert fresh[0].stdout.strip() == "ok", fresh[0].stderr
-    assert fresh[1].returncode != 0 and "ModuleNotFoundError" in fresh[1].stderr
-    received = unship_plan(cloudpickle.loads(wire))
-    assert [t.name for t in received.types] == [t.name for t in plan.types]
-    assert received.probes["induction_score"].input_kind is plan.probes["induction_score"].input_kind
-    part = restrict_plan(received, [10, 20])
-    assert {k: v.tolist() for k, v in part.missing.items()} == {"shipped_norm": [10, 20], "induction_score": [10, 20]}
-    report = scalars.engine.run_plan(part)
-    assert report.cells_computed == 4
-    scalars.compute(reference, ["shipped_norm", "induction_score"])
-    got, want = store.open_scalars(run, with_masks=True), store.open_scalars(reference)
-    assert got["computed__induction_score"].values.tolist() == [s in (10, 20) for s in got.step.values]
-    for name in ("shipped_norm", "induction_score"):
-        np.testing.assert_array_equal(got[name].sel(step=[10, 20]).values, want[name].sel(step=[10, 20]).values)
+    try:
+        run, reference = copy_run(tiny_run, "shipped"), copy_run(tiny_run, "in_process")
+        [plan] = scalars.plan(run, ["shipped_norm", "induction_score"])
+        wire = cloudpickle.dumps(ship_plan(plan))
+        (tmp_path / "shipped.pkl").write_bytes(wire)
+        (tmp_path / "unshipped.pkl").write_bytes(cloudpickle.dumps(plan))
+        load = "import cloudpickle, sys; cloudpickle.loads(open(sys.argv[1], 'rb').read()); print('ok')"
+        fresh = [subprocess.run([sys.executable, "-c", load, str(tmp_path / f)], capture_output=True, text=True)
+                 for f in ("shipped.pkl", "unshipped.pkl")]
+        # a worker that has not loaded the plugin yet can read the shipped plan, not the plan itself
+        assert fresh[0].stdout.strip() == "ok", fresh[0].stderr
+        assert fresh[1].returncode != 0 and "ModuleNotFoundError" in fresh[1].stderr
+        received = unship_plan(cloudpickle.loads(wire))
+        assert [t.name for t in received.types] == [t.name for t in plan.types]
+        assert received.probes["induction_score"].input_kind is plan.probes["induction_score"].input_kind
+        part = restrict_plan(received, [10, 20])
+        assert {k: v.tolist() for k, v in part.missing.items()} == {"shipped_norm": [10, 20], "induction_score": [10, 20]}
+        report = scalars.engine.run_plan(part)
+        assert report.cells_computed == 4
+        scalars.compute(reference, ["shipped_norm", "induction_score"])
+        got, want = store.open_scalars(run, with_masks=True), store.open_scalars(reference)
+        assert got["computed__induction_score"].values.tolist() == [s in (10, 20) for s in got.step.values]
+        for name in ("shipped_norm", "induction_score"):
+            np.testing.assert_array_equal(got[name].sel(step=[10, 20]).values, want[name].sel(step=[10, 20]).values)
+    finally:  # the type stays out of later tests in this worker
+        scalars.registry.unregister("shipped_norm")
