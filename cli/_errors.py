@@ -37,12 +37,18 @@ def _os_error(exc: OSError) -> str:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Decorator for CLI commands: user errors print `error: <sentence>` and exit with code 2."""
+    """Decorator for CLI commands: user errors print `error: <sentence>` and exit with code 2; the store's
+    remedies in those sentences are said in the command line's words."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from store.remedies import speaking
+
+        from ._remedies import CLI_WORDS
+
         try:
-            return fn(*args, **kwargs)
+            with speaking(CLI_WORDS):  # the store's remedies name commands and flags
+                return fn(*args, **kwargs)
         except USER_ERRORS as exc:
             err_console.print(f"[bold red]error:[/] {escape(_message(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=2) from None

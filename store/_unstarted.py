@@ -13,6 +13,7 @@ import re
 import shutil
 
 from .run import RUN_JSON
+from .remedies import remedy
 
 __all__ = ["is_unstarted_run", "clear_unstarted_run", "unstarted_message"]
 
@@ -64,6 +65,5 @@ def clear_unstarted_run(run_dir: str | os.PathLike[str]) -> None:
 
 def unstarted_message(run_dir: str | os.PathLike[str]) -> str:
     """The sentence for a command given such a directory as a run."""
-    return (f"'{run_dir}' holds no run yet: `scalars train` was stopped before it wrote run.json, so no "
-            f"checkpoint was saved; start the run again with `scalars train --out {run_dir} ...` (it reuses "
-            "the directory)")
+    return (f"'{run_dir}' holds no run yet: its training was stopped before it wrote run.json, so no "
+            f"checkpoint was saved; {remedy('train_again', run=str(run_dir))}")

@@ -32,6 +32,7 @@ from ._schema import nearest_steps
 from ._names import check_name, safe_key
 from .errors import StoreError
 from .references import ReferencedArchive, has_references
+from .remedies import remedy
 
 __all__ = ["ARCHIVE", "ArchiveWriter", "ArchiveReader", "open_archive", "read_verified_block", "leaf_crc32"]
 
@@ -93,8 +94,7 @@ class _Archive(DescribedCheckpoints):
         self._group = zio.open_group(self.root, mode)
         info = zio.attrs(self._group)
         if info.get("kind") != "checkpoint_archive":
-            raise StoreError(f"'{self.root}' is not a checkpoint archive; pass a run directory written "
-                             "by `scalars train` or `scalars import`")
+            raise StoreError(f"'{self.root}' is not a checkpoint archive; {remedy('written_run')}")
         self._specs: LeafSpecs = {n: (tuple(s), d) for n, s, d, _ in info["leaves"]}
         self._keys = {n: k for n, _, _, k in info["leaves"]}
         self._open_arrays()
@@ -103,13 +103,13 @@ class _Archive(DescribedCheckpoints):
         arrays = zio.list_arrays(self._group, "leaves")
         missing = [n for n, k in self._keys.items() if k not in arrays]
         if missing:
-            raise StoreError(f"'{self.root}' lacks the array of leaf '{missing[0]}'; run `scalars "
-                             "verify` and restore the archive")
+            raise StoreError(f"'{self.root}' lacks the array of leaf '{missing[0]}'; "
+                             f"{remedy('verify', run=str(self.run_dir))} and restore the archive")
         self._leaves = {n: arrays[k] for n, k in self._keys.items()}
         self._step_arr = zio.get_array(self._group, "step")
         self._sum_arr = zio.get_array(self._group, "checksum")
         if self._step_arr is None or self._sum_arr is None:
-            raise StoreError(f"'{self.root}' lacks its step or checksum array; run `scalars verify`")
+            raise StoreError(f"'{self.root}' lacks its step or checksum array; {remedy('verify', run=str(self.run_dir))}")
 
     def _read_steps(self) -> np.ndarray:
         (raw,) = zio.read_many([(self._step_arr, slice(None))])
@@ -224,8 +224,8 @@ class ArchiveWriter(_Archive):
             zio.write_leading_chunks(self.root, [(self._leaves[n], slot, v) for n, v in values.items()])
             zio.write_leading_chunks(self.root, [(self._sum_arr, slot, crcs)])
         except ValueError as e:  # a damaged shard file (its index fails its crc32c)
-            raise StoreError(f"checkpoint at step {step} cannot be written to '{self.root}': {e}; run `scalars "
-                             f"verify {self.run_dir}` to see which checkpoints it holds") from None
+            raise StoreError(f"checkpoint at step {step} cannot be written to '{self.root}': {e}; "
+                             f"{remedy('verify', run=str(self.run_dir))} to see which checkpoints it holds") from None
         self._commit(slot, step)
         self._steps = np.append(self._steps, np.int64(step))
 
@@ -260,8 +260,7 @@ class ArchiveReader(_Archive):
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         super().__init__(run_dir)
         if not zio.group_exists(self.root):
-            raise FileNotFoundError(f"'{self.run_dir}' has no checkpoint archive ({ARCHIVE}); pass a run "
-                                    "directory written by `scalars train` or `scalars import`")
+            raise FileNotFoundError(f"'{self.run_dir}' has no checkpoint archive ({ARCHIVE}); {remedy('written_run')}")
         self._load_layout("r")
         self.refresh()
 
@@ -290,8 +289,8 @@ class ArchiveReader(_Archive):
         except Exception as e:
             what = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}..{steps[-1]}"
             detail = f"chunk file {e.filename} is missing" if isinstance(e, FileNotFoundError) else str(e)
-            raise StoreError(f"checkpoint at {what} in '{self.root}' is damaged ({detail}); run `scalars verify "
-                             f"{self.run_dir}`") from None
+            raise StoreError(f"checkpoint at {what} in '{self.root}' is damaged ({detail}); "
+                             f"{remedy('verify', run=str(self.run_dir))}") from None
 
     def load(self, step: int) -> dict[str, np.ndarray]:
         """All leaves of the checkpoint at ``step``."""
@@ -340,8 +339,8 @@ class ArchiveReader(_Archive):
         """None if checkpoint ``step`` reads back intact, else a sentence saying what to do."""
         if self.verify_checksum(step):
             return None
-        return (f"checkpoint {step} fails its checksum (corrupted chunk); run `scalars verify` and restore or "
-                "retrain that step")
+        return (f"checkpoint {step} fails its checksum (corrupted chunk); {remedy('verify', run=str(self.run_dir))} "
+                "and restore or retrain that step")
 
     def to_xarray(self, *, steps_per_chunk: int = 16) -> xr.Dataset:
         """Lazy (dask) Dataset: one variable per leaf, dims ``(step, <leaf>_dim0, ...)``, committed only."""
@@ -383,7 +382,8 @@ def read_verified_block(reader: ArchiveReader | ReferencedArchive, steps: Sequen
                 failed[s] = reason
                 continue
         except Exception as exc:  # unreadable chunk: report, go on with the others
-            failed[s] = f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); run `scalars verify`"
+            failed[s] = (f"checkpoint {s} cannot be read ({type(exc).__name__}: {exc}); "
+                         f"{remedy('verify', run=str(reader.run_dir))}")
             continue
         good.append(s)
     leaves = reader.load_block(good) if good else {}

@@ -22,6 +22,7 @@ from ._runs import resolve_runs
 from .dims import RUN, STEP
 from .scalars_open import open_scalars
 from .scalars_store import SCALARS
+from .remedies import remedy
 
 __all__ = ["FORMATS", "export_scalars", "scalars_long_frame", "netcdf_safe"]
 
@@ -115,14 +116,14 @@ def export_scalars(path_or_paths: Any, out: str | os.PathLike[str] | None = None
         suffix = Path(out).suffix.lower() if out is not None else ""
         fmt = next((f for f, s in FORMATS.items() if s == suffix), None)
         if fmt is None:
-            raise ValueError("pass --format netcdf or --format csv (or an output file ending in .nc or .csv)")
+            raise ValueError(f"the export format is not known; {remedy('export_format')}")
     runs, multi = resolve_runs(path_or_paths, SCALARS)
     ds = open_scalars(runs if multi else runs[0])
     if types:
         unknown = [t for t in types if t not in ds.data_vars]
         if unknown:
             raise KeyError(f"scalar '{unknown[0]}' is not stored (stored: {', '.join(sorted(ds.data_vars)) or 'none'}); "
-                           "pass --type with a stored name")
+                           f"{remedy('export_type')}")
         ds = ds[list(dict.fromkeys(types))]
     if out is None:
         if multi:

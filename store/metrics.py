@@ -20,6 +20,7 @@ from ._names import check_name, safe_key
 from ._runs import concat_runs, resolve_runs
 from .dims import STEP
 from .errors import StoreError
+from .remedies import remedy
 
 __all__ = ["METRICS", "MetricsWriter", "open_metrics"]
 
@@ -152,7 +153,7 @@ class MetricsWriter:
 def _open_one(run_dir: str) -> xr.Dataset:
     root = _root(run_dir)
     if not zio.group_exists(root):
-        raise FileNotFoundError(f"'{run_dir}' has no {METRICS}; pass a run directory written by `scalars train`")
+        raise FileNotFoundError(f"'{run_dir}' has no {METRICS}; {remedy('trained_run')}")
     group = zio.open_group(root, "r")
     n = _n_rows(group)
     cols = _columns(group)

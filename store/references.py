@@ -26,6 +26,7 @@ from ._described import DescribedCheckpoints
 from ._files import atomic_write
 from ._schema import nearest_steps
 from .errors import StoreError
+from .remedies import remedy
 
 __all__ = ["MANIFEST", "Decoder", "register_decoder", "file_reference", "write_manifest", "has_references",
            "ReferencedArchive", "verify_references"]
@@ -35,7 +36,8 @@ _FORMAT = "referenced-checkpoints"
 _VERSION = 1
 Decoder = Callable[[list[str], Mapping[str, Any]], Mapping[str, np.ndarray]]
 _DECODERS: dict[str, Decoder] = {}
-_REIMPORT = "restore the file, or import the series again (`scalars import ... --copy` keeps its own copy)"
+def _reimport() -> str:
+    return remedy("reimport")
 
 
 def register_decoder(name: str, decode: Decoder) -> None:
@@ -80,19 +82,19 @@ def _file_problem(step: int, ref: Mapping[str, Any]) -> str | None:
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
-        return f"checkpoint at step {step}: its file '{path}' has vanished; {_REIMPORT}"
+        return f"checkpoint at step {step}: its file '{path}' has vanished; {_reimport()}"
     except OSError as e:
-        return f"checkpoint at step {step}: its file '{path}' cannot be read ({e.strerror}); {_REIMPORT}"
+        return f"checkpoint at step {step}: its file '{path}' cannot be read ({e.strerror}); {_reimport()}"
     if size != int(ref["size"]):
         return (f"checkpoint at step {step}: its file '{path}' changed since the import (size {ref['size']} -> "
-                f"{size} bytes); {_REIMPORT}")
+                f"{size} bytes); {_reimport()}")
     try:
         digest = _head_sha256(path, int(ref["head_bytes"]))
     except OSError as e:
-        return f"checkpoint at step {step}: its file '{path}' cannot be read ({e.strerror}); {_REIMPORT}"
+        return f"checkpoint at step {step}: its file '{path}' cannot be read ({e.strerror}); {_reimport()}"
     if digest != ref["head_sha256"]:
         return (f"checkpoint at step {step}: its file '{path}' changed since the import (its header checksum "
-                f"differs); {_REIMPORT}")
+                f"differs); {_reimport()}")
     return None
 
 
@@ -163,14 +165,14 @@ class ReferencedArchive(DescribedCheckpoints):
             leaves = dict(decode(self.files(step), self._args))
         except Exception as e:
             raise StoreError(f"checkpoint at step {step} cannot be decoded from {self.files(step)[0]} "
-                             f"({type(e).__name__}: {e}); {_REIMPORT}") from None
+                             f"({type(e).__name__}: {e}); {_reimport()}") from None
         out = {}
         for name, (shape, dtype) in self._specs.items():
             value = leaves.get(name)
             if value is None or tuple(np.shape(value)) != shape:
                 got = "missing" if value is None else f"shape {tuple(np.shape(value))}"
                 raise StoreError(f"checkpoint at step {step} decodes leaf '{name}' as {got}, the manifest "
-                                 f"records {shape}; {_REIMPORT}")
+                                 f"records {shape}; {_reimport()}")
             out[name] = np.asarray(value, dtype=dtype)
         return out
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._files import atomic_write
 from .errors import StoreError
+from .remedies import remedy
 
 __all__ = ["SCHEMA_VERSION", "RUN_JSON", "write_run_json", "read_run_json", "is_run_dir", "run_lock"]
 
@@ -52,8 +53,7 @@ def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
         if is_unstarted_run(run_dir):
             raise FileNotFoundError(unstarted_message(run_dir))
-        raise FileNotFoundError(f"'{run_dir}' is not a run directory (no run.json); pass a directory "
-                                "written by `scalars train` or `scalars import`")
+        raise FileNotFoundError(f"'{run_dir}' is not a run directory (no run.json); {remedy('written_run')}")
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)

@@ -22,6 +22,7 @@ from ._schema import MASK_PREFIX, STRING_COORDS_ATTR, mask_name
 from .dims import STEP
 from .errors import StoreError
 from .scalars_store import SCALARS, STAGED_PREFIX, _lock_path, _open, _read_steps, _root
+from .remedies import remedy
 
 __all__ = ["open_scalars"]
 
@@ -40,10 +41,10 @@ class _CheckedCells:
         step, missing = int(self.steps[slot]), isinstance(exc, FileNotFoundError)
         why = "its value chunk is missing" if missing else f"its value chunk is damaged ({type(exc).__name__}: " \
             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"
-        fix = "" if missing else f" --steps {step} --force"
-        return StoreError(f"scalar '{self.name}' at step {step} of {self.run_dir} is marked computed but {why}; run "
-                          f"`scalars compute {self.run_dir} --type {self.name}{fix}` to recompute it "
-                          "(`scalars verify` lists every damaged cell)")
+        fix = remedy("recompute_missing_cell" if missing else "recompute_damaged_cell", run=str(self.run_dir),
+                     name=self.name, step=step)
+        return StoreError(f"scalar '{self.name}' at step {step} of {self.run_dir} is marked computed but {why}; "
+                          f"{fix} ({remedy('verify_scalars', run=str(self.run_dir))})")
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -109,7 +110,7 @@ def open_scalars(path_or_paths: Any, *, computed_only: bool = True, with_masks: 
     runs, multi = resolve_runs(path_or_paths, SCALARS)
     for r in runs:
         if not zio.group_exists(_root(r)):
-            raise FileNotFoundError(f"'{r}' has no {SCALARS}; run `scalars compute {r}` first")
+            raise FileNotFoundError(f"'{r}' has no {SCALARS}; {remedy('compute_first', run=str(r))}")
     dss = [_open_one(r, computed_only=computed_only, with_masks=with_masks, steps_per_chunk=steps_per_chunk)
            for r in runs]
     if not multi:

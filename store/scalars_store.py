@@ -22,6 +22,7 @@ from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, c
                       mask_name)
 from .dims import STEP
 from .errors import StoreError
+from .remedies import LIBRARY_WORDS, remedy
 
 __all__ = ["SCALARS", "VariableSpec", "check_variables", "ensure_variables", "commit_replacements",
            "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps", "stored_steps"]
@@ -44,14 +45,14 @@ def _lock_path(run_dir: str | os.PathLike[str]) -> str:
 
 def _open(run_dir: str | os.PathLike[str], mode: str = "r") -> Any:
     if not zio.group_exists(_root(run_dir)):
-        raise FileNotFoundError(f"'{run_dir}' has no {SCALARS}; run `scalars compute {run_dir}` first")
+        raise FileNotFoundError(f"'{run_dir}' has no {SCALARS}; {remedy('compute_first', run=str(run_dir))}")
     return zio.open_group(_root(run_dir), mode)
 
 
 def _read_steps(group: Any) -> np.ndarray:
     arr = zio.get_array(group, STEP)
     if arr is None:
-        raise StoreError(f"'{group.store}' has no step coordinate; delete it and rerun `scalars compute`")
+        raise StoreError(f"'{group.store}' has no step coordinate; {remedy('compute_again')}")
     steps = np.asarray(arr[:], dtype=np.int64)
     valid = np.flatnonzero(steps != -1)  # trailing -1: a step axis growth that did not finish
     return steps[: int(valid[-1]) + 1] if valid.size else steps[:0]
@@ -77,7 +78,7 @@ def _variables(group: Any) -> dict[str, Any]:
 
 _MISMATCH = {  # attr -> (what differs, how to keep the stored cells instead of recomputing)
     "probe_hash": ("computed on another probe (probe hash {stored!r}, now {new!r})",
-                   "pass the probe they were computed on with --probe"),
+                   "stored_probe"),
     "version": ("stored with version {stored}, the registered type is version {new}", None),
     "definition": ("stored from another definition of the type (its code changed since; fingerprint "
                    "{stored!r}, now {new!r})", "restore that code, or register the type with an explicit version="),
@@ -90,14 +91,13 @@ def _check_existing(spec: VariableSpec, arr: Any) -> None:
     if dims != spec.dims or sizes != spec.sizes:
         got, want = (fmt_dims(dims), fmt_dims(spec.dims)) if dims != spec.dims else \
             (fmt_dims(dims, sizes), fmt_dims(spec.dims, spec.sizes))
-        raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; use --force to "
-                         "recompute it or another name")
+        raise StoreError(f"scalar '{spec.name}' is stored with dims {got}, got {want}; {remedy('force_or_rename')}")
     stored = zio.attrs(arr)
     for key, (what, keep) in _MISMATCH.items():
         if key in stored and key in spec.attrs and stored[key] != spec.attrs[key]:
-            keep = f", or {keep}" if keep else ""
+            keep = "" if not keep else f", or {remedy(keep) if keep in LIBRARY_WORDS else keep}"
             raise StoreError(f"scalar '{spec.name}' is {what.format(stored=stored[key], new=spec.attrs[key])}; "
-                             f"recompute it with --force (every step you want it at){keep}")
+                             f"{remedy('force')}{keep}")
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -132,7 +132,7 @@ def _plan_coords(group: Any, specs: Sequence[VariableSpec], reset: set[str]) -> 
         if stored is not None and users.get(d):
             raise StoreError(f"dim '{d}' is stored with {len(stored)} coords {stored.tolist()[:8]} (used by "
                              f"'{users[d][0]}'), scalar '{name}' gives {len(values)} {values.tolist()[:8]}; "
-                             "use --force on every scalar with that dim or another run directory")
+                             f"{remedy('force_dim')}")
         out[d] = values
     return out
 

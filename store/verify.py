@@ -23,6 +23,7 @@ from .dims import STEP
 from .errors import StoreError
 from .references import has_references, verify_references
 from .scalars_store import SCALARS, internal_array
+from .remedies import remedy
 
 __all__ = ["verify_archive", "verify_scalars"]
 
@@ -47,7 +48,7 @@ def _shard_problems(root: str, arrays: dict[str, Any], steps: np.ndarray | None,
                     notes: list[str]) -> None:
     """Check the index of every shard file of ``arrays`` ({name: array}); ``steps`` are the committed
     steps by slot (None if the commit record is unreadable)."""
-    resume = f"`scalars train --resume {os.path.dirname(root)}`"
+    resume = remedy("resume", run=os.path.dirname(root))
     for name, arr in arrays.items():
         for path, slots, state, detail in zio.shard_file_states(root, arr):
             if state == "ok":
@@ -62,7 +63,7 @@ def _shard_problems(root: str, arrays: dict[str, Any], steps: np.ndarray | None,
                              "replaces it")
             elif not held:
                 problems.append(f"shard file {path} of array '{name}' {detail}; it holds no committed checkpoint: "
-                                f"delete it and rerun {resume} (nothing committed is lost)")
+                                f"delete it; {resume} rewrites it (nothing committed is lost)")
             else:
                 problems.append(f"shard file {path} of array '{name}' {detail}; it holds {held}; {_RESTORE}")
 
@@ -76,8 +77,7 @@ def verify_archive(run_dir: str | os.PathLike[str], notes: list[str] | None = No
     if has_references(run_dir) and not zio.group_exists(root):  # a series read in place
         return verify_references(run_dir)
     if not zio.group_exists(root):
-        return [f"'{run_dir}' has no checkpoint archive ({ARCHIVE}); pass a run directory written by "
-                "`scalars train` or `scalars import`"]
+        return [f"'{run_dir}' has no checkpoint archive ({ARCHIVE}); {remedy('written_run')}"]
     problems: list[str] = []
     try:
         group = zio.open_group(root, "r")
@@ -89,7 +89,7 @@ def verify_archive(run_dir: str | os.PathLike[str], notes: list[str] | None = No
     if step_arr is None or sum_arr is None:
         return [f"{root} lacks its step or checksum array; {_RESTORE}"]
     for path in files.stale_temp_files(root):
-        notes.append(f"{path} is a temporary file left by a killed writer; the next `scalars train --resume` "
+        notes.append(f"{path} is a temporary file left by a killed writer; {remedy('next_archive_writer')} "
                      "removes it (or delete it)")
     named = {"step": step_arr, "checksum": sum_arr, **{name: arrays[key] for name, _, _, key in layout
                                                        if key in arrays}}
@@ -146,8 +146,8 @@ def verify_scalars(run_dir: str | os.PathLike[str], notes: list[str] | None = No
         return []
     notes = [] if notes is None else notes
     for path in files.stale_temp_files(root):
-        notes.append(f"{path} is a temporary file left by a killed writer; the next `scalars compute` removes it")
-    fix = "mark it uncomputed with store.clear_cells and rerun `scalars compute`"
+        notes.append(f"{path} is a temporary file left by a killed writer; {remedy('next_scalars_writer')} removes it")
+    fix = f"mark it uncomputed with store.clear_cells and {remedy('compute_rerun')}"
     problems: list[str] = []
     try:
         group = zio.open_group(root, "r")
@@ -156,21 +156,21 @@ def verify_scalars(run_dir: str | os.PathLike[str], notes: list[str] | None = No
     except StoreError as e:  # names the damaged file itself
         return [str(e)]
     except Exception as e:
-        return [f"{root} has unreadable metadata or step axis ({_err(e)}); delete it and rerun `scalars compute`"]
+        return [f"{root} has unreadable metadata or step axis ({_err(e)}); {remedy('compute_again')}"]
     n = raw_steps.size
     if np.any(raw_steps == -1) or np.any(np.diff(raw_steps) <= 0):
-        problems.append(f"the step axis of {root} is not strictly increasing or has unfilled entries; rerun "
-                        "`scalars compute` to finish growing it, or delete it and recompute")
+        problems.append(f"the step axis of {root} is not strictly increasing or has unfilled entries; "
+                        f"{remedy('compute_rerun')} to finish growing it, or delete it and recompute")
     for name, arr in sorted(arrays.items()):
         if name == STEP or internal_array(name) or zio.dimension_names(arr)[:1] != (STEP,):
             continue
         mask = arrays.get(mask_name(name))
         if mask is None:
-            problems.append(f"scalar '{name}' has no computed mask; rerun `scalars compute` to recreate it")
+            problems.append(f"scalar '{name}' has no computed mask; {remedy('compute_rerun')} to recreate it")
             continue
         if arr.shape[0] != n or mask.shape[0] != n:
             problems.append(f"scalar '{name}' has {arr.shape[0]} steps (mask {mask.shape[0]}), the step axis "
-                            f"{n}; rerun `scalars compute` to finish growing the store")
+                            f"{n}; {remedy('compute_rerun')} to finish growing the store")
             continue
         flags = zio.read_many([(mask, i) for i in range(n)], return_exceptions=True)
         computed = []
@@ -188,9 +188,9 @@ def verify_scalars(run_dir: str | os.PathLike[str], notes: list[str] | None = No
             path = zio.chunk_file(root, arr, (i, *(0 for _ in arr.shape[1:])))
             if not os.path.isfile(path):
                 problems.append(f"scalar '{name}' at step {raw_steps[i]}: the mask says computed but the value "
-                                f"chunk is missing ({path}); `scalars compute {run_dir} --type {name}` recomputes it")
+                                f"chunk is missing ({path}); "
+                                f"{remedy('recompute_missing_cell', run=str(run_dir), name=name)}")
             elif isinstance(value, BaseException):
                 problems.append(f"scalar '{name}' at step {raw_steps[i]}: value chunk is unreadable "
-                                f"({_err(value)}); recompute it with `scalars compute {run_dir} --type {name} "
-                                f"--steps {raw_steps[i]} --force`")
+                                f"({_err(value)}); {remedy('recompute_damaged_cell', run=str(run_dir), name=name, step=int(raw_steps[i]))}")
     return problems

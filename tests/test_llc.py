@@ -141,7 +141,7 @@ def test_llc_rllc_and_diagnostics_through_the_engine(computed):
     assert lo <= float(ds.llc.sel(step=90)) <= hi
     # other options on stored cells are refused, nothing changes
     before = ds.llc.values.copy()
-    with pytest.raises(store.StoreError, match="'llc' is stored with options .* recompute it with --force"):
+    with pytest.raises(store.StoreError, match="'llc' is stored with options .* recompute it with force=True"):
         scalars.compute(run, ["llc"], steps="90", force=False, options={"llc": {**CHEAP, "step_size": 3e-4}})
     np.testing.assert_array_equal(store.open_scalars(run).llc.values, before)
 

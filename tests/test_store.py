@@ -54,7 +54,7 @@ def test_run_json_round_trip_and_errors(tmp_path):
     assert info["schema_version"] == store.SCHEMA_VERSION and info["seed"] == 3 and info["config"]["lr"] == 0.5
     assert store.is_run_dir(run) and not store.is_run_dir(tmp_path)
     assert not [f for f in os.listdir(run) if f != "run.json"]  # no temp file left
-    with pytest.raises(FileNotFoundError, match=r"is not a run directory \(no run.json\); pass a directory written by"):
+    with pytest.raises(FileNotFoundError, match=r"is not a run directory \(no run.json\); pass a run directory written by the trainer"):
         read_run_json(tmp_path)
     (run / "run.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(StoreError, match=r"written by a newer version \(schema 99 > 1\); upgrade the package"):
@@ -332,7 +332,7 @@ def test_verify_reports_damaged_chunk(tmp_path, damage):
     r = open_archive(run)
     assert not r.verify_checksum(30) and r.verify_checksum(20) == (damage == "flip")
     if damage != "flip":  # a damaged chunk never reads as zeros
-        with pytest.raises(StoreError, match=r"checkpoint at step 30 .* is damaged .*; run `scalars verify"):
+        with pytest.raises(StoreError, match=r"checkpoint at step 30 .* is damaged .*; check it with store.verify_archive"):
             r.load(30)
         with pytest.raises(StoreError, match=r"checkpoint at steps 20..40 .* is damaged"):
             r.load_block([20, 30, 40])
@@ -422,3 +422,49 @@ def test_resume_prune_and_errors(tmp_path):
     with pytest.raises(StoreError, match="not JSON-serializable"):
         write_resume_state(tmp_path, 50, {}, {"bad": object()})
     assert resume_steps(tmp_path) == [20, 40]
+
+
+def test_store_remedies_are_said_in_the_library_words_or_the_command_lines(tmp_path):
+    """The store words what to do without naming any command; the CLI says the same remedy with its
+    commands and flags while it runs one. Both phrasebooks name the same remedies with the same fields."""
+    import string
+
+    from typer.testing import CliRunner
+
+    from cli._remedies import CLI_WORDS
+    from cli.app import app
+    from store.remedies import LIBRARY_WORDS
+
+    fields = lambda text: {f for _, f, _, _ in string.Formatter().parse(text) if f}  # noqa: E731
+    assert set(CLI_WORDS) == set(LIBRARY_WORDS)
+    for key, text in LIBRARY_WORDS.items():
+        assert fields(CLI_WORDS[key]) <= fields(text) | {"run"}, key
+        assert "`scalars " not in text and "--" not in text, key
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"has no scalars.zarr; compute scalars for '.*empty' first"):
+        store.open_scalars(run)
+    r = CliRunner().invoke(app, ["show", str(run)])
+    assert r.exit_code != 0 and f"run `scalars compute {run}` first" in r.output, r.output
+    with pytest.raises(FileNotFoundError, match=r"compute scalars for '.*empty' first"):  # spoken only inside the command
+        store.open_scalars(run)
+
+
+def test_store_sources_name_no_command_line():
+    """No string in store/ names a `scalars` command or a flag: the CLI's words live in cli/_remedies.py."""
+    import ast
+    import re
+    from pathlib import Path
+
+    bad = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "store").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if re.search(r"`scalars \w+|(?<![\w-])--[a-z]", node.value):
+                    bad.append(f"{path.name}:{node.lineno}: {node.value[:60]!r}")
+    assert not bad, bad

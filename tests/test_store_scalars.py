@@ -100,14 +100,14 @@ def test_schema_mismatch_errors_and_force(tmp_path):
     ensure_variables(run, [_spec()], STEPS)
     write_cells(run, "induction_score", [10], _value(10)[None])
     with pytest.raises(StoreError, match=r"scalar 'induction_score' is stored with dims \(step, layer, head\), "
-                                         r"got \(step, layer\); use --force to recompute it or another name"):
+                                         r"got \(step, layer\); recompute it with force=True, or store it under another name"):
         ensure_variables(run, [_spec(dims=("layer",))], STEPS)
     with pytest.raises(StoreError, match=r"stored with dims \(step, layer: 2, head: 4\), "
                                          r"got \(step, layer: 2, head: 8\)"):
         ensure_variables(run, [_spec(heads=8)], STEPS)
     with pytest.raises(StoreError, match=r"computed on another probe \(probe hash 'abc', now 'zzz'\); recompute it "
-                                         r"with --force \(every step you want it at\), or pass the probe they were "
-                                         r"computed on with --probe"):
+                                         r"with force=True \(at every step you want it at\), or pass the probe they were "
+                                         r"computed on as probe="):
         ensure_variables(run, [_spec(probe_hash="zzz")], STEPS)
     assert computed_mask(run, "induction_score").sum() == 1  # errors changed nothing
     # force: the changed definition is staged; the stored cells stay until the staged copy is committed
