@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from trainer.model import ModelConfig, batched_unsupported, mlp_residual, run_blocks
+from trainer.model import ModelConfig, batched_unsupported, mlp_residual, run_blocks, to_rank
 
 from . import _ablation as iv
 
@@ -42,7 +42,7 @@ def _factored_mlp(block, resid_mid: Float[Array, "B T d"]):
     if mlp is None or ln.w is None or not ln.center or mlp.W_gate is not None or block.parallel:
         return None
     centred = resid_mid - resid_mid.mean(-1, keepdims=True)
-    shared = (centred * ln.w) @ mlp.W_in  # (B, T, m): once per layer
+    shared = (centred * to_rank(ln.w, centred.ndim)) @ mlp.W_in  # (B, T, m): once per layer
     w_in = ln.w[:, None] * mlp.W_in  # (d, m)
     col = ln.w @ mlp.W_in
     const = ln.b @ mlp.W_in if mlp.b_in is None else ln.b @ mlp.W_in + mlp.b_in
@@ -54,9 +54,9 @@ def _factored_mlp(block, resid_mid: Float[Array, "B T d"]):
         mean_removed = removed.mean(-1, keepdims=True)
         ablated_centred = centred - (removed - mean_removed)
         scale = jnp.sqrt((ablated_centred ** 2).mean(-1, keepdims=True) + ln.eps)
-        pre = (shared - dz @ (w_o @ w_in) + mean_removed * col) / scale + const
+        pre = (shared - dz @ (w_o @ w_in) + mean_removed * to_rank(col, 3)) / scale + to_rank(const, 3)
         out = act(pre) @ mlp.W_out
-        out = out if mlp.b_out is None else out + mlp.b_out
+        out = out if mlp.b_out is None else out + to_rank(mlp.b_out, out.ndim)
         return resid_mid - removed + out
 
     return resid_post

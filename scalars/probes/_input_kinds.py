@@ -24,6 +24,7 @@ from trainer.model import (
     query_correct,
     query_loss,
     regression_losses,
+    to_rank,
     unembed,
     unembed_chunks,
 )
@@ -172,7 +173,7 @@ class TokenInputs(InputKind):
 
     def logit_direction(self, W_U, arrays):
         correct = arrays["tokens"][:, 1:]
-        return W_U.T[correct] - W_U.mean(1), slice(0, -1)
+        return W_U.T[correct] - to_rank(W_U.mean(1), correct.ndim + 1), slice(0, -1)
 
     def vocab(self, config) -> int | None:
         return config.vocab_size

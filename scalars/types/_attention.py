@@ -63,7 +63,7 @@ def prev_token_corrected_from_pattern(A: Float[Array, "H S S"]) -> Float[Array, 
     """Mean over q in [1, S-1] of a - (1-a)/q with a = A[q, q-1] (0 for uniform attention)."""
     q = jnp.arange(1, A.shape[-1])
     a = A[:, q, q - 1]
-    return (a - (1.0 - a) / q).mean(-1)
+    return (a - (1.0 - a) / q[None, :]).mean(-1)
 
 
 def _per_layer(ctx, fn) -> Float[Array, "layer head"]:
@@ -136,7 +136,7 @@ def _detector_one(pattern, det, *, exclude_bos: bool, exclude_current_token: boo
         keep = keep & ~jnp.eye(S, dtype=bool)
     if error_measure == "mul":
         p = jnp.where(keep, pattern, 0.0)
-        return (p * det).sum((-2, -1)) / p.sum((-2, -1))
+        return (p * det[None]).sum((-2, -1)) / p.sum((-2, -1))
     if error_measure == "abs":
         diff = jnp.where(keep, jnp.abs(pattern - det), 0.0)
         return 1.0 - jnp.round(diff.mean((-2, -1)) * S, 3)

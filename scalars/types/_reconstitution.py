@@ -112,7 +112,7 @@ def reconstituted_posts(model, clean: dict, readout: str, head_batching: str = "
                 return post.mean((0, 1))
 
             values = iv.map_heads(one, n_heads, head_batching)  # (src_head, neuron)
-            table = table.at[:, src, :].set((values - base if readout == "change" else values).T)
+            table = table.at[:, src, :].set((values - base[None, :] if readout == "change" else values).T)
         rows.append(table)
     return jnp.stack(rows)
 

@@ -5,6 +5,7 @@ from ._aux import ModuleWithAux as ModuleWithAux
 from ._aux import layer_cache as layer_cache
 from ._aux import make_cache_assign as make_cache_assign
 from ._aux import sub_cache as sub_cache
+from ._aux import to_rank as to_rank
 from ._batched import CHUNKED_VOCAB as CHUNKED_VOCAB
 from ._batched import attention_output as attention_output
 from ._batched import batched_attention as batched_attention

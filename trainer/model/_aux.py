@@ -15,6 +15,12 @@ import jax.numpy as jnp
 Cache = dict[str, Any]
 
 
+def to_rank(v, ndim: int):
+    """`v` with leading unit axes up to `ndim` dims: a bias or scale broadcast against activations
+    explicitly, never by NumPy's implicit rank promotion (the tests run with it off)."""
+    return v.reshape((1,) * (ndim - v.ndim) + tuple(v.shape))
+
+
 class ModuleWithAux(eqx.Module):
     """An Equinox module whose forward returns every intermediate in a nested dict."""
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._aux import to_rank
 from ._config import ModelConfig
 from ._layers import MASKED_SCORE
 
@@ -86,7 +87,7 @@ def batched_attention(attn, x: Float[Array, "B T d"]) -> Float[Array, "B T d"]:
     qkv = x.reshape(B * T, d) @ W.transpose(1, 0, 2).reshape(d, 3 * H * e)
     if attn.b_Q is not None:
         biases = [attn.b_Q * scale, attn.head_bias("k"), attn.head_bias("v")]
-        qkv = qkv + jnp.concatenate(biases, axis=0).reshape(3 * H * e)
+        qkv = qkv + jnp.concatenate(biases, axis=0).reshape(1, 3 * H * e)
     qkv = qkv.reshape(B, T, 3 * H, e).transpose(0, 2, 1, 3)
     q, k, v = qkv[:, :H], qkv[:, H:2 * H], qkv[:, 2 * H:]
     if attn.rope_base is not None:  # a rotation: commutes with the scale folded into q
@@ -100,7 +101,7 @@ def attention_output(attn, z: Float[Array, "B H T e"]) -> Float[Array, "B T d"]:
     B, H, T, e = z.shape
     d = attn.W_O.shape[-1]
     out = (z.transpose(0, 2, 1, 3).reshape(B * T, H * e) @ attn.W_O.reshape(H * e, d)).reshape(B, T, d)
-    return out if attn.b_O is None else out + attn.b_O
+    return out if attn.b_O is None else out + to_rank(attn.b_O, out.ndim)
 
 
 def mlp_residual(block, resid_mid: Float[Array, "... d"], resid_pre: Float[Array, "... d"] | None = None) -> Float[Array, "... d"]:
@@ -131,7 +132,7 @@ def run_blocks(model, start: int, resid: Float[Array, "B T d"]) -> Float[Array, 
 def unembed(model, resid: Float[Array, "... d"]) -> Float[Array, "... n_out"]:
     """Logits (or outputs) of final residual streams: the final norm, the unembedding and its bias."""
     logits = model.ln_final(resid) @ model.unembed_matrix
-    return logits if model.b_U is None else logits + model.b_U
+    return logits if model.b_U is None else logits + to_rank(model.b_U, logits.ndim)
 
 
 VOCAB_CHUNK = 8192  # columns of the unembedding per step of a chunked cross-entropy
@@ -164,7 +165,7 @@ def chunked_token_metrics(model, resid: Float[Array, "B T d"], targets, chunks) 
     def step(carry, xs):
         top, total, best, best_at, picked = carry
         w, bias, offset = xs
-        logits = h @ w + bias  # (B, T, C)
+        logits = h @ w + to_rank(bias, h.ndim)  # (B, T, C)
         chunk_top = logits.max(-1)
         new_top = jnp.maximum(top, chunk_top)
         total = total * jnp.exp(top - new_top) + jnp.exp(logits - new_top[..., None]).sum(-1)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from ._aux import to_rank
 from ._config import ModelConfig
 from ._head_registry import ModelHead, register_head
 from ._layers import _normal
@@ -65,7 +66,8 @@ class ClassifierEmbed(eqx.Module):
 
     def __call__(self, x: dict) -> Float[Array, "T d"]:
         """{"examples": (P, d_in), "labels": (P,)} -> exemplar and label tokens, interleaved."""
-        return interleave_exemplars(x["examples"] @ self.W_ex + self.b_ex, self.W_lab[x["labels"]])
+        h = x["examples"] @ self.W_ex
+        return interleave_exemplars(h + to_rank(self.b_ex, h.ndim), self.W_lab[x["labels"]])
 
 
 class RegressionEmbed(eqx.Module):
@@ -83,7 +85,8 @@ class RegressionEmbed(eqx.Module):
 
     def __call__(self, x: dict) -> Float[Array, "T d"]:
         """{"xs": (K, D), "ys": (K,)} -> the tokens of `regression_tokens`, embedded."""
-        return regression_tokens(x["xs"], x["ys"]) @ self.W_in + self.b_in
+        h = regression_tokens(x["xs"], x["ys"]) @ self.W_in
+        return h + to_rank(self.b_in, h.ndim)
 
 
 def _check_lm(c: ModelConfig) -> None:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._aux import Cache, ModuleWithAux, make_cache_assign, sub_cache
+from ._aux import Cache, ModuleWithAux, make_cache_assign, sub_cache, to_rank
 from ._config import ModelConfig
 
 MASKED_SCORE = -1e30  # pre-softmax score of a key a query may not see (exp underflows to 0)
@@ -48,7 +48,7 @@ class LayerNorm(ModuleWithAux):
     def linear_part(self, x: Float[Array, "... d"], scale: Float[Array, "... 1"]) -> Float[Array, "... d"]:
         """The norm of a contribution `x` with the scale frozen at `scale`: the linear map that direct
         logit attribution pushes a head's output through (no bias: it belongs to no one head)."""
-        return self.centred(x) / scale * self.w
+        return self.centred(x) / scale * to_rank(self.w, x.ndim)
 
     def call_with_all_aux(self, x, *, cache=None, cache_mask=None, key=None) -> dict:
         r: dict = {}
@@ -58,8 +58,8 @@ class LayerNorm(ModuleWithAux):
             return r
         centered = self.centred(x)
         scale = assign("scale", jnp.sqrt((centered**2).mean(-1, keepdims=True) + self.eps))
-        out = centered / scale * self.w
-        assign("out", out if self.b is None else out + self.b)
+        out = centered / scale * to_rank(self.w, x.ndim)
+        assign("out", out if self.b is None else out + to_rank(self.b, x.ndim))
         return r
 
 
@@ -73,7 +73,7 @@ def rotate_interleaved(x: Float[Array, "H T e"], base: float) -> Float[Array, "H
     _, n_pos, e = x.shape
     inv_freq = base ** (-jnp.arange(0, e, 2, dtype=jnp.float32) / e)
     angle = jnp.arange(n_pos, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (T, e/2)
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    cos, sin = to_rank(jnp.cos(angle), x.ndim), to_rank(jnp.sin(angle), x.ndim)
     a, b = x[..., 0::2], x[..., 1::2]
     return jnp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1).reshape(x.shape)
 
@@ -84,7 +84,7 @@ def rotate_half(x: Float[Array, "H T e"], base: float) -> Float[Array, "H T e"]:
     _, n_pos, e = x.shape
     inv_freq = base ** (-jnp.arange(0, e, 2, dtype=jnp.float32) / e)
     angle = jnp.arange(n_pos, dtype=jnp.float32)[:, None] * inv_freq[None, :]  # (T, e/2)
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    cos, sin = to_rank(jnp.cos(angle), x.ndim), to_rank(jnp.sin(angle), x.ndim)
     a, b = x[..., : e // 2], x[..., e // 2:]
     return jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
@@ -235,7 +235,7 @@ class MLP(ModuleWithAux):
         assign = make_cache_assign(r, cache, cache_mask)
         linear = x @ self.W_in
         if self.b_in is not None:
-            linear = linear + self.b_in
+            linear = linear + to_rank(self.b_in, linear.ndim)
         if self.activation == "swiglu":
             pre_linear = assign("pre_linear", linear)
             pre = assign("pre", x @ self.W_gate)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._aux import Cache, ModuleWithAux, layer_cache, make_cache_assign, sub_cache
+from ._aux import Cache, ModuleWithAux, layer_cache, make_cache_assign, sub_cache, to_rank
 from ._config import ModelConfig
 from ._head_registry import model_head
 from ._heads import ClassifierEmbed, RegressionEmbed, TokenEmbed
@@ -65,7 +65,7 @@ class Transformer(ModuleWithAux):
         )
         logits = r["ln_final_output"]["out"] @ self.unembed_matrix
         if self.b_U is not None:
-            logits = logits + self.b_U
+            logits = logits + to_rank(self.b_U, logits.ndim)
         return assign("logits", logits)
 
     def forward_from(
