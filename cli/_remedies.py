@@ -20,6 +20,8 @@ CLI_WORDS: dict[str, str] = {
     "force_or_rename": "use --force to recompute it or another name",
     "force_dim": "use --force on every scalar with that dim or another run directory",
     "stored_probe": "pass the probe they were computed on with --probe",
+    "restore_definition": "restore that code, or register the type with an explicit version=",
+    "stored_options": "pass the stored options",
     "reimport": "restore the file, or import the series again (`scalars import ... --copy` keeps its own copy)",
     "export_format": "pass --format netcdf or --format csv (or an output file ending in .nc or .csv)",
     "export_type": "pass --type with a stored name",

@@ -31,6 +31,8 @@ LIBRARY_WORDS: dict[str, str] = {
     "force_or_rename": "recompute it with force=True, or store it under another name",
     "force_dim": "recompute every scalar with that dim with force=True, or use another run directory",
     "stored_probe": "pass the probe they were computed on as probe=",
+    "restore_definition": "restore that code, or register the type with an explicit version=",
+    "stored_options": "pass the stored options",
     "reimport": "restore the file, or import the series again with copy=True (which keeps its own copy)",
     "export_format": "pass format='netcdf' or format='csv' (or an output file ending in .nc or .csv)",
     "export_type": "pass a stored name in types=",

@@ -22,7 +22,7 @@ from ._schema import (MASK_PREFIX, STRING_COORDS_ATTR, VariableSpec, as_steps, c
                       mask_name)
 from .dims import STEP
 from .errors import StoreError
-from .remedies import LIBRARY_WORDS, remedy
+from .remedies import remedy
 
 __all__ = ["SCALARS", "VariableSpec", "check_variables", "ensure_variables", "commit_replacements",
            "discard_replacements", "write_cells", "clear_cells", "computed_mask", "missing_steps", "stored_steps"]
@@ -81,8 +81,8 @@ _MISMATCH = {  # attr -> (what differs, how to keep the stored cells instead of 
                    "stored_probe"),
     "version": ("stored with version {stored}, the registered type is version {new}", None),
     "definition": ("stored from another definition of the type (its code changed since; fingerprint "
-                   "{stored!r}, now {new!r})", "restore that code, or register the type with an explicit version="),
-    "options": ("stored with options {stored}, got {new}", "pass the stored options"),
+                   "{stored!r}, now {new!r})", "restore_definition"),
+    "options": ("stored with options {stored}, got {new}", "stored_options"),
 }
 
 
@@ -95,7 +95,7 @@ def _check_existing(spec: VariableSpec, arr: Any) -> None:
     stored = zio.attrs(arr)
     for key, (what, keep) in _MISMATCH.items():
         if key in stored and key in spec.attrs and stored[key] != spec.attrs[key]:
-            keep = "" if not keep else f", or {remedy(keep) if keep in LIBRARY_WORDS else keep}"
+            keep = f", or {remedy(keep)}" if keep else ""
             raise StoreError(f"scalar '{spec.name}' is {what.format(stored=stored[key], new=spec.attrs[key])}; "
                              f"{remedy('force')}{keep}")
 

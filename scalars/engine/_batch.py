@@ -24,8 +24,8 @@ import store
 
 from ..registry import get_type, load_entry_point_plugins, load_plugin
 from ._plan import ComputePlan
-from ._program import ComputeFn, model_template
-from ._run import ComputeReport, _validate_program, block_shapes, dropped_warnings, run_plan
+from ._program import model_template
+from ._run import PROGRAM_CACHE, ComputeReport, _validate_program, block_shapes, dropped_warnings, run_plan
 
 __all__ = ["BatchTask", "partition", "default_steps_per_task", "run_on_cluster", "MAX_STEPS_PER_TASK",
            "ship_plan", "unship_plan", "restrict_plan", "validate_programs"]
@@ -81,9 +81,7 @@ def validate_programs(plans: Sequence[ComputePlan], block_size: int) -> None:
             continue
         seen.add(key)
         param_shapes, _ = model_template(plan.config)
-        names = [t.name for t in plan.types]
-        fn = ComputeFn(names, plan.config, None, type_probes={n: plan.probes[n] for n in names},
-                       options={k: v for k, v in plan.options.items() if k in names}, block=block_size > 1)
+        fn = PROGRAM_CACHE.get(tuple(t.name for t in plan.types), plan, block_size > 1)
         _validate_program(fn, block_shapes(param_shapes, block_size))
 
 
