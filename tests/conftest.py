@@ -2,6 +2,11 @@
 
 import os
 
+# strict JAX, set in the environment so that the command-line processes the tests start are strict
+# too: no implicit rank promotion (broadcasting is written out, `trainer.model.to_rank`), standard
+# dtype promotion
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+os.environ["JAX_NUMPY_DTYPE_PROMOTION"] = "standard"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # rich wraps command output at the terminal width, 80 columns without a terminal: wide enough here
 # that the long temporary paths of parallel test workers never wrap a table cell or a message
@@ -10,7 +15,7 @@ os.environ.setdefault("COLUMNS", "200")
 import jax
 import pytest
 
-jax.config.update("jax_numpy_dtype_promotion", "standard")
+assert jax.config.jax_numpy_rank_promotion == "raise" and jax.config.jax_numpy_dtype_promotion == "standard"
 
 
 @pytest.fixture
@@ -32,7 +37,7 @@ def tiny_run(tmp_path_factory):
     from trainer.train import train
 
     run = tmp_path_factory.mktemp("tiny") / "run"
-    train(resolve_config("induction-tiny", None, TINY_OVERRIDES), run, progress=False)
+    train(resolve_config("induction-tiny", None, TINY_OVERRIDES), run)
     return run
 
 
@@ -43,7 +48,7 @@ def trained_induction_tiny(tmp_path_factory):
     from trainer.train import train
 
     run = tmp_path_factory.mktemp("induction_tiny") / "run"
-    train(resolve_config("induction-tiny"), run, progress=False)
+    train(resolve_config("induction-tiny"), run)
     return run
 
 
@@ -61,7 +66,7 @@ def memorizing_regression_run(tmp_path_factory):
     from trainer.train import train
 
     run = tmp_path_factory.mktemp("regression_m1") / "run"
-    train(resolve_config("icl-regression", None, REGRESSION_OVERRIDES), run, progress=False)
+    train(resolve_config("icl-regression", None, REGRESSION_OVERRIDES), run)
     return run
 
 

@@ -205,7 +205,7 @@ class Attention(ModuleWithAux):
             r["result"] = self.head_results(z)
             out = jnp.einsum("hte,hed->td", z, self.W_O)
         if self.b_O is not None:
-            out = out + self.b_O
+            out = out + to_rank(self.b_O, out.ndim)
         assign("out", out)
         return r
 
@@ -250,7 +250,7 @@ class MLP(ModuleWithAux):
             post = assign("post", act(pre))
         out = post @ self.W_out
         if self.b_out is not None:
-            out = out + self.b_out
+            out = out + to_rank(self.b_out, out.ndim)
         assign("out", out)
         return r
 
