@@ -61,7 +61,7 @@ def main() -> None:
         t0 = time.perf_counter()
         results = run_sweep([f"seed=0..{args.runs - 1}"], out=str(tmp / "runs"), preset="induction-tiny",
                             overrides=[f"train.steps={args.steps}", f"checkpoints.schedule=every:{args.every}",
-                                       f"train.eval_every={args.steps}"], workers=1, progress=False)
+                                       f"train.eval_every={args.steps}"], workers=1)
         runs = [r.run_dir for r in results]
         n_ckpt = sum(r.checkpoints for r in results)
         print(f"trained {len(runs)} runs, {n_ckpt} checkpoints in {time.perf_counter() - t0:.1f}s; suite: {SUITE}")

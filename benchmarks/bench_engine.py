@@ -91,7 +91,7 @@ def bench_size(name: str, args, peaks: list[float]) -> dict:
     reader = store.open_archive(run)
 
     if torch_available() and not args.skip_tl:
-        from trainer.hf_gpt2 import export_hf
+        from trainer.interop.hf.gpt2 import export_hf
 
         hf_dirs = []
         for s in peer_steps:  # export is setup, not timed: the peer's users start from HF checkpoints

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import scalars
 from scalars.types._icl import clamp_losses
 from scalars.interventions._ablation import head_ablation_metrics
-from trainer.importers import icl_dynamics_probe, load_icl_dynamics_model, read_icl_dynamics_config
+from trainer.interop.icl_dynamics import icl_dynamics_probe, load_icl_dynamics_model, read_icl_dynamics_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "icl-dynamics"
 RUN = FIXTURES / "omniglot50_rl5_synthetic"

@@ -54,7 +54,7 @@ def main() -> None:
 
         run = Path(tempfile.mkdtemp()) / "run"
         print("training icl-regression for 600 steps ...")
-        train(resolve_config("icl-regression", None, ["train.steps=600"]), run, progress=False)
+        train(resolve_config("icl-regression", None, ["train.steps=600"]), run)
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
     probe = scalars.engine.build_run_probe("regression_pool", run, info, config)

@@ -3,7 +3,7 @@
 1. Planted losses with a known learning coefficient, each estimated with the given budget:
    a non-degenerate quadratic in d = 100 parameters (coefficient d/2 = 50; the exact
    unadjusted-Langevin expectation, which includes the localization and step-size biases, is
-   printed beside it) and the realizable linear regression of tests/test_llc.py (d = 20).
+   printed beside it) and the realizable linear regression of tests/scalars/types/test_llc.py (d = 20).
 2. The icl-regression preset (trained for its 2000 steps unless --run is given): `llc` and
    `sgld_diagnostics` at a few checkpoints for several budgets (burn_in + draws), side by side:
    the estimate, split R-hat, the chains' mean drift, the status (0 settled, 4 not settled) and
@@ -115,7 +115,7 @@ def main() -> None:
 
         run = Path(tempfile.mkdtemp()) / "run"
         print("\ntraining the icl-regression preset (2000 steps) ...", flush=True)
-        train(resolve_config("icl-regression"), run, progress=False)
+        train(resolve_config("icl-regression"), run)
     steps = [int(s) for s in args.steps.split(",")]
     info = json.loads((run / "run.json").read_text())
     print(f"\nrun {run} ({info['config']['task']['kind']}), probe regression_pool\n")

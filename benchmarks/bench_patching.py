@@ -52,7 +52,7 @@ def main() -> None:
 
         run = Path(tempfile.mkdtemp()) / "run"
         print("training induction-tiny (about a minute) ...")
-        train(resolve_config("induction-tiny"), run, progress=False)
+        train(resolve_config("induction-tiny"), run)
     info = store.read_run_json(run)
     config = ModelConfig.from_dict(info["model"])
     pair = scalars.engine.build_run_probe("induction_pair", run, info, config)

@@ -4,7 +4,7 @@ The series: N random-initialised GPT-NeoX checkpoints with Pythia-70m's shapes (
 d 512, MLP 2048, vocab 50304, parallel residual, rotary on 25% of each head, untied unembedding),
 made locally with `transformers` (different weights per step: torch.manual_seed(step)) and saved
 with `save_pretrained(safe_serialization=True)` as WORKDIR/series/step{K}/ (kept and reused), then
-imported with `trainer.hf_import.import_hf([WORKDIR/series], run)` (a folder of step folders stands
+imported with `trainer.interop.hf.importer.import_hf([WORKDIR/series], run)` (a folder of step folders stands
 for them all; the run references the files in place, the importer's default).
 Standard suite (`types=["standard"]`: induction / prev-token / duplicate-token scores, zero-ablated
 loss of every head, clean loss) on the probe `repeated_tokens:batch=16,T=64`: 16 sequences of BOS +
@@ -128,7 +128,7 @@ def link_series(folder: Path, real: list[Path], n: int) -> Path:
 
 def import_series(series: Path, run: Path, n: int) -> tuple[Path, float | None]:
     """The run imported from `series` (reused when complete): (run dir, import seconds or None if reused)."""
-    from trainer.hf_import import import_hf
+    from trainer.interop.hf.importer import import_hf
 
     if (run / "run.json").is_file() and store.open_archive(run).n_committed == n:
         return run, None

@@ -37,7 +37,7 @@ def run(preset: str, steps: int, schedule: str):
     try:
         cfg = resolve_config(preset, None, [f"train.steps={steps}", f"checkpoints.schedule={schedule}",
                                             f"train.eval_every={steps}", f"train.log_every={EVERY}"])
-        return train(cfg, tmp / "run", progress=False)
+        return train(cfg, tmp / "run")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

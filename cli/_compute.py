@@ -57,7 +57,7 @@ def compute_command(
     import scalars
     from scalars.engine import Dask, StallError, format_estimate, parse_type_options
 
-    from ._progress import CellProgress
+    from ._progress import CountProgress
 
     _load_plugins(plugin)
     # a type's failure at run time is reported once below, without JAX's logged traceback of it
@@ -73,7 +73,7 @@ def compute_command(
                          options=parse_type_options(option))
     try:
         total = sum(p.n_cells for p in plans)
-        with CellProgress(total, enabled=not quiet and total > 0) as bar:
+        with CountProgress(total, enabled=not quiet and total > 0) as bar:
             reports = scalars.compute(run_dirs, all_types=all_, plans=plans, executor=executor, block_size=block_size,
                                       plugins=plugin, on_progress=lambda done, _total: bar.update(done), log=_log,
                                       stall_timeout=stall_timeout, type_timing=True)

@@ -15,7 +15,7 @@ def run_demo(out: str) -> None:
     import store
     import scalars
 
-    from ._progress import CellProgress
+    from ._progress import CountProgress, TrainingProgress
     from scalars.view.plotting import plot_type
     from scalars.view.tables import top_heads
     from trainer.config import resolve_config
@@ -24,15 +24,17 @@ def run_demo(out: str) -> None:
     run = Path(out)
     if not store.is_run_dir(run):
         console.rule("1. train induction-tiny (2-layer attention-only LM on repeated segments)")
-        result = train(resolve_config("induction-tiny"), run)
+        with TrainingProgress() as bar:
+            result = train(resolve_config("induction-tiny"), run, on_progress=bar)
         console.print(f"saved {len(result.steps_saved)} checkpoints in {result.seconds:.0f}s")
     else:
         console.rule(f"1. {run} already holds a run: finishing it if it was interrupted")
-        train(store.read_run_json(run)["config"], run, resume=True)
+        with TrainingProgress() as bar:
+            train(store.read_run_json(run)["config"], run, resume=True, on_progress=bar)
     console.rule("2. compute the standard suite over every checkpoint")
     plans = scalars.plan(run, ["standard"])
     total = sum(p.n_cells for p in plans)
-    with CellProgress(total, enabled=total > 0) as bar:
+    with CountProgress(total, enabled=total > 0) as bar:
         reports = scalars.compute(run, plans=plans, log=console.print, on_progress=lambda done, _total: bar.update(done))
     for rep in reports:
         console.print(f"{rep.cells_computed} cells over {rep.checkpoints_computed} checkpoints in {rep.seconds:.1f}s")

@@ -1,7 +1,7 @@
 """`scalars export` (a checkpoint as a Hugging Face directory of its family) and `scalars export-scalars`.
 
 `scalars import DIR... --out RUN_DIR` (GPT-2 directories -> a run) lives in cli/_import.py; both
-call trainer/hf_families.py.
+call trainer/interop/hf/families.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def export_command(
         raise ValueError(f"--format {format_!r} is not supported; use --format hf")
     import store
     from scalars.engine import select_steps
-    from trainer.hf_families import export_hf
+    from trainer.interop.hf.families import export_hf
 
     if not store.is_run_dir(run_dir):
         raise ValueError(f"'{run_dir}' is not a run directory (no run.json); pass a directory written by "

@@ -1,9 +1,9 @@
 """`scalars import`: bring checkpoints written by other code in as ordinary run directories.
 
 `--from` picks the format: `hf` (a series of Hugging Face checkpoint directories of one family,
-gpt2, gpt_neox or llama, or a folder of them: `trainer.hf_import.import_hf`; or a repo id with
-`--revisions` from the local Hugging Face cache: `trainer.hf_cache`) or `icl-dynamics` (run folders of the icl-dynamics code,
-`trainer.importers.import_icl_dynamics`).
+gpt2, gpt_neox or llama, or a folder of them: `trainer.interop.hf.importer.import_hf`; or a repo id with
+`--revisions` from the local Hugging Face cache: `trainer.interop.hf.cache`) or `icl-dynamics` (run folders of the icl-dynamics code,
+`trainer.interop.icl_dynamics.import_icl_dynamics`).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def import_command(
     if from_ == "hf":
         if data is not None or exemplars is not None:
             raise ValueError("--data and --exemplars apply to --from icl-dynamics only")
-        from trainer.hf_cache import is_repo_id, resolve_revisions
-        from trainer.hf_import import import_hf
+        from trainer.interop.hf.cache import is_repo_id, resolve_revisions
+        from trainer.interop.hf.importer import import_hf
 
         if len(dirs) == 1 and is_repo_id(dirs[0]) and (revisions or download):
             if steps is not None:
@@ -88,7 +88,7 @@ def import_command(
     if steps is not None:
         raise ValueError("--steps applies to --from hf only; icl-dynamics steps come from the checkpoint file names")
     import store
-    from trainer.importers import import_icl_dynamics
+    from trainer.interop.icl_dynamics import import_icl_dynamics
 
     for run_dir in import_icl_dynamics(dirs, out, data=data, exemplars=exemplars):
         info = store.read_run_json(run_dir)

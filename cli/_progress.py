@@ -1,36 +1,111 @@
-"""Progress over (type, step) cells: a rich bar on a terminal (done / total, rate, ETA), plain lines
-otherwise (see `trainer.progress`)."""
+"""Progress bars of the command line, fed by the library's callbacks: a rich bar on a terminal
+(count, rate, times), plain lines when stdout is a file or a pipe (a sweep's log, CI).
+
+On a terminal the bar keeps its count and times whole (the loss and evaluations give way first when
+the terminal is narrow); off a terminal one line is printed at most every `LINE_EVERY_S` seconds and
+at the end, flushed, in order.
+"""
 
 from __future__ import annotations
 
-from rich.progress import ProgressColumn
+import math
+import sys
+import time
+from collections.abc import Mapping
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Column
 from rich.text import Text
 
-from trainer.progress import LineProgress, is_terminal, live_bar
+LINE_EVERY_S = 5.0
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class LineProgress:
+    """Plain-text progress: `label done/total (pct) info, rate, time left`, at most every few seconds."""
+
+    def __init__(self, label: str, total: int, start: int = 0, unit: str = "steps", stream=None):
+        self.label, self.total, self.start, self.unit = label, total, start, unit
+        self.stream = stream or sys.stdout
+        self.done, self.info = start, ""
+        self.t0 = self.last = time.perf_counter()
+        self.printed: tuple[int, str] | None = None  # the last line's count and info
+
+    def update(self, done: int, info: str | None = None, *, final: bool = False) -> None:
+        self.done = done
+        if info is not None:
+            self.info = info
+        now = time.perf_counter()
+        if (not final and now - self.last < LINE_EVERY_S) or (final and self.printed == (done, self.info)):
+            return  # too soon, or the final line is already printed
+        self.last, self.printed = now, (done, self.info)
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        pct = 100.0 * done / self.total if self.total else 100.0
+        when = _clock(left) if math.isfinite(left) else "-"
+        extra = f" {self.info}" if self.info else ""
+        print(f"{self.label} {done}/{self.total} ({pct:.0f}%){extra}, {rate:.1f} {self.unit}/s, {when} left",
+              file=self.stream, flush=True)
 
 
 class RateColumn(ProgressColumn):
-    """Cells per second."""
+    """Units per second."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
 
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f} cells/s" if task.speed else "- cells/s")
+        return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else f"- {self.unit}/s")
 
 
-class CellProgress:
-    """Context manager; `update(done)` sets the number of cells computed so far."""
+def live_bar(label: str, *, info: bool = False, rate_unit: str | None = None) -> Progress:
+    """A rich bar whose count and times never truncate (the info column gives way instead)."""
+    fixed = Column(no_wrap=True)
+    columns = [TextColumn(f"[bold]{label}", table_column=fixed), BarColumn(bar_width=24),
+               MofNCompleteColumn(table_column=fixed)]
+    if rate_unit:
+        columns.append(RateColumn(rate_unit))
+    if info:
+        columns.append(TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                              ratio=1)))
+    columns += [TimeElapsedColumn(table_column=fixed), TimeRemainingColumn(table_column=fixed)]
+    return Progress(*columns, transient=False)
 
-    def __init__(self, total: int, *, enabled: bool = True, label: str = "cells"):
+
+def is_terminal() -> bool:
+    return Console().is_terminal
+
+
+class CountProgress:
+    """Context manager; `update(done, total)` sets how many of `total` units (cells, runs) are done so far.
+    With `total=None` the bar is made at the first update that names a total (none for a total of 0)."""
+
+    def __init__(self, total: int | None = None, *, enabled: bool = True, label: str = "cells", unit: str = "cells"):
+        self.enabled, self.label, self.unit = enabled, label, unit
+        self.progress: Progress | None = None
+        self.lines: LineProgress | None = None
+        if total is not None:
+            self._start(total)
+
+    def _start(self, total: int) -> None:
         self.total = total
-        live = enabled and is_terminal()
-        self.progress = live_bar(label) if live else None
-        if self.progress is not None:
-            self.progress.columns = (*self.progress.columns[:3], RateColumn(), *self.progress.columns[3:])
-        self.lines = LineProgress(label, total, unit="cells") if enabled and not live else None
-
-    def __enter__(self) -> "CellProgress":
-        if self.progress is not None:
+        if not self.enabled or total <= 0:
+            return
+        if is_terminal():
+            self.progress = live_bar(self.label, rate_unit=self.unit)
             self.progress.__enter__()
-            self.task = self.progress.add_task("cells", total=self.total)
+            self.task = self.progress.add_task("count", total=total)
+        else:
+            self.lines = LineProgress(self.label, total, unit=self.unit)
+
+    def __enter__(self) -> "CountProgress":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -39,8 +114,58 @@ class CellProgress:
         elif self.lines is not None and exc[0] is None:
             self.lines.update(self.lines.done, final=True)
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None and not hasattr(self, "total"):
+            self._start(total)
         if self.progress is not None:
             self.progress.update(self.task, completed=done)
         elif self.lines is not None:
             self.lines.update(done)
+
+
+class TrainingProgress:
+    """Context manager and `train(on_progress=...)` callback: the training bar (or plain lines off a
+    terminal), made at the first step it hears of (so a resumed run's bar starts where it resumed)."""
+
+    def __init__(self, *, enabled: bool = True):
+        self.enabled = enabled
+        self._loss, self._evals = float("nan"), ""
+        self.live = enabled and is_terminal()
+        self.lines: LineProgress | None = None
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> "TrainingProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        elif self.lines is not None and exc[0] is None:
+            self.lines.update(self.lines.done, self._info(), final=True)
+
+    def __call__(self, step: int, total: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None and self.lines is None:
+            self._start(step, total)
+        if "train_loss" in values:
+            self._loss = values["train_loss"]
+        evals = [(k, v) for k, v in values.items() if k.endswith("accuracy") or k.endswith("repeat_loss")][:3]
+        if evals:
+            self._evals = " ".join(f"{k.removeprefix('eval_')} {v:.3f}" for k, v in evals)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=self._info())
+        else:
+            self.lines.update(step, self._info())
+
+    def _start(self, step: int, total: int) -> None:
+        if self.live:
+            self.progress = live_bar("train", info=True)
+            self.progress.__enter__()
+            self.task = self.progress.add_task("train", total=total, completed=step, info="")
+        else:
+            self.lines = LineProgress("train", total, step)
+
+    def _info(self) -> str:
+        loss = f"loss {self._loss:.4f}" if math.isfinite(self._loss) else ""  # none yet at the first step
+        return " ".join(p for p in (loss, self._evals) if p)

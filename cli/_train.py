@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from ._errors import check_output_dir, user_errors
+from ._progress import CountProgress, TrainingProgress
 
 console = Console()
 
@@ -59,7 +60,8 @@ def train_command(
         if out is not None or preset is not None or config is not None or set_:
             raise ValueError("--resume takes the config from the run itself; drop --out/--preset/--config/--set")
         cfg = store.read_run_json(resume)["config"]
-        result = train(cfg, resume, resume=True, progress=not quiet, log=console.print, from_step=from_step)
+        with TrainingProgress(enabled=not quiet) as bar:
+            result = train(cfg, resume, resume=True, on_progress=bar, log=console.print, from_step=from_step)
     else:
         if from_step is not None:
             raise ValueError("--from-step only applies with --resume RUN_DIR")
@@ -73,7 +75,8 @@ def train_command(
         if not quiet:
             console.print(f"[bold]preset[/] {cfg.get('preset')}  [bold]out[/] {out}")
             console.print(Syntax(json.dumps(cfg, indent=1), "json", word_wrap=True))
-        result = train(cfg, out, progress=not quiet, log=console.print)
+        with TrainingProgress(enabled=not quiet) as bar:
+            result = train(cfg, out, on_progress=bar, log=console.print)
     if result.finished_before:
         steps = store.read_run_json(result.run_dir)["config"]["train"]["steps"]
         console.print(f"'{result.run_dir}' is already finished (its checkpoint at train.steps={steps} is stored); "
@@ -89,8 +92,9 @@ def train_command(
 def _sweep(sweep: list[str], out: str, preset, config, set_, workers, scheduler, quiet: bool) -> None:
     from trainer.sweep import run_sweep
 
-    results = run_sweep(sweep, out=out, preset=preset, config_file=config, overrides=set_, workers=workers,
-                        scheduler=scheduler, progress=not quiet, log=console.print)
+    with CountProgress(enabled=not quiet, label="runs", unit="runs") as bar:
+        results = run_sweep(sweep, out=out, preset=preset, config_file=config, overrides=set_, workers=workers,
+                            scheduler=scheduler, on_progress=bar.update, log=console.print)
     for r in results:
         extra = f", final loss {r.final_loss:.4f}, {r.seconds:.1f}s" if r.status != "finished before" else ""
         console.print(f"{r.run_dir}: {r.status} ({r.checkpoints} checkpoints{extra})")

@@ -31,7 +31,7 @@ def seed_runs(tmp_path_factory) -> Path:
         run = base / "runs" / f"seed{seed}"
         config = resolve_config("induction-tiny", None, OVERRIDES + [f"seeds.init_seed={seed}",
                                                                        f"seeds.train_seed={seed}"])
-        train(config, run, progress=False)
+        train(config, run)
         dirs.append(str(run))
     scalars.compute(dirs, TYPES)
     done.touch()

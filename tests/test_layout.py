@@ -6,8 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from tests._paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("store", "trainer", "scalars", "cli")
 # package -> packages of this project it must never import (at any level: function-local imports too)
 FORBIDDEN = {"store": {"trainer", "scalars", "cli"}, "trainer": {"scalars", "cli"}, "scalars": {"cli"}}

@@ -5,7 +5,7 @@ import store as _store
 
 def _decode_hf(files, args):
     """The ``hf`` decoder of referenced checkpoint archives (imported series read in place)."""
-    from .hf_import import decode_hf_files
+    from .interop.hf.importer import decode_hf_files
 
     return decode_hf_files(files, args)
 

@@ -155,7 +155,7 @@ def train_point(point: SweepPoint) -> PointResult:
         _record_sweep(point)
         return PointResult(point.name, point.run_dir, "finished before",
                            len(store.open_archive(point.run_dir).steps))
-    result = train(point.config, point.run_dir, resume=state == "resume", progress=False)
+    result = train(point.config, point.run_dir, resume=state == "resume")
     _record_sweep(point)
     return PointResult(point.name, point.run_dir, "resumed" if state == "resume" else "trained",
                        len(store.open_archive(point.run_dir).steps), result.final_loss, result.seconds)
@@ -164,14 +164,13 @@ def train_point(point: SweepPoint) -> PointResult:
 def run_sweep(
     sweeps: Sequence[str], *, out: str, preset: str | None = None, config_file: str | None = None,
     overrides: Sequence[str] = (), workers: int | None = None, scheduler: str | None = None,
-    progress: bool = True, log: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] | None = None,
 ) -> list[PointResult]:
     """Train the grid of `sweeps` into `out/<name>` dirs, on a dask cluster (or here with `workers=1`).
 
     Every point is validated before any training starts; finished runs are skipped, interrupted ones resumed.
+    `on_progress(done, total)` hears of each run trained (`total` counts the runs left to train).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from .executor import usable_cores
 
     if workers is not None and workers < 1:
@@ -186,16 +185,22 @@ def run_sweep(
     if log:
         log(f"{len(todo)} runs to train ({len(points) - len(todo)} finished before) in {out}")
     n_workers = min(workers or usable_cores(), len(todo))
-    bar = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   disable=not progress or not todo)
-    with bar:
-        task = bar.add_task("runs", total=len(todo))
-        if todo and scheduler is None and n_workers <= 1:
-            for p in todo:
-                results[p.name] = train_point(p)
-                bar.advance(task)
-        elif todo:
-            results.update(_on_cluster(todo, n_workers, scheduler, lambda: bar.advance(task), log))
+    done = 0
+    if on_progress and todo:
+        on_progress(0, len(todo))
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if on_progress:
+            on_progress(done, len(todo))
+
+    if todo and scheduler is None and n_workers <= 1:
+        for p in todo:
+            results[p.name] = train_point(p)
+            advance()
+    elif todo:
+        results.update(_on_cluster(todo, n_workers, scheduler, advance, log))
     return [results[p.name] for p in points]
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 import equinox as eqx
@@ -130,10 +131,16 @@ def check_out_dir(run_dir: Path) -> None:
         raise FileExistsError(f"'{run_dir}' exists and is not an empty directory; choose another --out")
 
 
-def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+"""`on_progress(step, total, values)`: training has reached `step` of `total`; `values` holds the metrics
+that arrived with it (`train_loss` every `train.log_every` steps, the evaluations every `train.eval_every`),
+empty between them. A command line draws its bar from these calls; the library draws nothing."""
+
+
+def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, on_progress: ProgressFn | None = None,
           log: Callable[[str], None] | None = None, from_step: int | None = None) -> TrainResult:
     """Train the run described by `config` into `out_dir` (or continue it with `resume=True`,
-    from its last checkpoint or from `from_step`)."""
+    from its last checkpoint or from `from_step`), calling `on_progress` as it goes."""
     run_dir = Path(out_dir)
     validate(config)
     if not resume:
@@ -168,7 +175,7 @@ def train(config: dict, out_dir: str | os.PathLike, *, resume: bool = False, pro
         try:
             result = _loop(
                 task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
-                run_dir, archive, metrics, progress, start_saved=start in set(int(x) for x in archive.steps),
+                run_dir, archive, metrics, on_progress, start_saved=start in set(int(x) for x in archive.steps),
             )
         except jax.errors.JaxRuntimeError as exc:
             if "RESOURCE_EXHAUSTED" not in str(exc):
@@ -249,9 +256,8 @@ def _restore(run_dir, archive, metrics, model, opt_state, saver, log, from_step=
 
 
 def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, saver, interventions,
-          run_dir, archive, metrics, progress, start_saved) -> TrainResult:
-    from .progress import TrainingProgress
-
+          run_dir, archive, metrics, on_progress: ProgressFn | None, start_saved) -> TrainResult:
+    report = on_progress or (lambda step, total, values: None)
     train_key = jax.random.key(seeds.train_seed)
     step_fn = _make_step_fn(task, static, opt, interventions, train_key, tc.batch_size)
     eval_fn = _make_eval_fn(task, static, task.eval_sets(seeds.eval_seed, tc.eval_size))
@@ -289,50 +295,50 @@ def _loop(task, tc, seeds, static, params, opt, opt_state, start, fixed_steps, s
             writer.submit(lambda batch=batch: flusher.append(batch))
 
     try:
-        with TrainingProgress(tc.steps, start, enabled=progress) as bar:
-            for t in range(start, tc.steps + 1):
-                save, save_job = False, None
-                if not (start_saved and t == start):  # a resumed run's first step is already in the archive
-                    adaptive = False
-                    if saver is not None and t > 0:
-                        drain(t)
-                        adaptive = saver.update(t, last_loss)
-                    save = t in fixed_steps or adaptive
-                    if save and saver is not None and not adaptive:
-                        saver.mark_saved(t)
-                if save:
+        report(start, tc.steps, {})
+        for t in range(start, tc.steps + 1):
+            save, save_job = False, None
+            if not (start_saved and t == start):  # a resumed run's first step is already in the archive
+                adaptive = False
+                if saver is not None and t > 0:
                     drain(t)
-                    meta = {"step": t, "saver": saver.state_dict() if saver is not None else None}
+                    adaptive = saver.update(t, last_loss)
+                save = t in fixed_steps or adaptive
+                if save and saver is not None and not adaptive:
+                    saver.mark_saved(t)
+            if save:
+                drain(t)
+                meta = {"step": t, "saver": saver.state_dict() if saver is not None else None}
 
-                    def job(t=t, params=params, opt_state=opt_state, meta=meta):
-                        # fetched here, off the training thread (the copy waits for step t-1 to finish)
-                        host_params, host_opt = params_to_host(params), opt_to_host(opt_state)
-                        flusher.flush_if_due()
-                        store.write_resume_state(run_dir, t, host_opt, {**meta, "metrics_rows": metrics.buffered_rows()})
-                        archive.write_checkpoint(t, host_params)
-                        store.prune_resume_states(run_dir, keep=2)
+                def job(t=t, params=params, opt_state=opt_state, meta=meta):
+                    # fetched here, off the training thread (the copy waits for step t-1 to finish)
+                    host_params, host_opt = params_to_host(params), opt_to_host(opt_state)
+                    flusher.flush_if_due()
+                    store.write_resume_state(run_dir, t, host_opt, {**meta, "metrics_rows": metrics.buffered_rows()})
+                    archive.write_checkpoint(t, host_params)
+                    store.prune_resume_states(run_dir, keep=2)
 
-                    save_job = job
-                    saved.append(t)
-                if t % tc.eval_every == 0 or t == tc.steps:
-                    values = {k: float(v) for k, v in jax.device_get(eval_fn(params)).items()}
-                    rows.setdefault(t, {}).update(values)
-                    bar.evals(values)
-                if t < tc.steps:
-                    params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(t, jnp.int32))
-                    pending.append((t, loss))
-                if save_job is not None:  # handed over once step t is dispatched: XLA has work while it starts
-                    writer.submit(save_job)
-                if t < tc.steps:
-                    if (t + 1) % tc.log_every == 0:
-                        drain(t + 1)  # waits for step t: the time below is when it finished
-                        log_times.append((t + 1, time.perf_counter() - t0))
-                        bar.update(t + 1, last_loss)
-                    else:
-                        bar.advance(t + 1)
-            drain(tc.steps + 1)
-            writer.submit(flusher.flush)
-            writer.close()
+                save_job = job
+                saved.append(t)
+            if t % tc.eval_every == 0 or t == tc.steps:
+                values = {k: float(v) for k, v in jax.device_get(eval_fn(params)).items()}
+                rows.setdefault(t, {}).update(values)
+                report(t, tc.steps, values)
+            if t < tc.steps:
+                params, opt_state, loss = step_fn(params, opt_state, jnp.asarray(t, jnp.int32))
+                pending.append((t, loss))
+            if save_job is not None:  # handed over once step t is dispatched: XLA has work while it starts
+                writer.submit(save_job)
+            if t < tc.steps:
+                if (t + 1) % tc.log_every == 0:
+                    drain(t + 1)  # waits for step t: the time below is when it finished
+                    log_times.append((t + 1, time.perf_counter() - t0))
+                    report(t + 1, tc.steps, {"train_loss": last_loss})
+                else:
+                    report(t + 1, tc.steps, {})
+        drain(tc.steps + 1)
+        writer.submit(flusher.flush)
+        writer.close()
     except TrainingDiverged:
         writer.submit(flusher.flush)  # the rows and the checkpoints before the bad step are kept
         writer.close()

@@ -78,7 +78,7 @@ def full_circuit_composition_scores(model, which: str) -> Float[Array, "layer he
     With OV^src = A1 B1 and R^dst = A2 B2 (thin factors, d x e and e x d) and QR factors
     A = Q R_A, B^T = Q' R_B, every Frobenius norm is one of e x e matrices:
     ||A1 B1 A2 B2|| = ||R_A1 (B1 A2) R_B2^T||, ||A B|| = ||R_A R_B^T||. Equal to the d x d products
-    (tests/test_definitions.py) at a fraction of their cost.
+    (tests/scalars/types/test_definitions.py) at a fraction of their cost.
     """
 
     def reduced(layer: int, kind: str) -> tuple[Array, Array, Array, Array, Array]:
