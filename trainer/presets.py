@@ -81,7 +81,7 @@ PRESETS: dict[str, dict] = {
         model={"head": "classifier", "vocab_size": 0, "d_in": 512, "n_labels": 5, "n_ctx": 8, "attn_only": True,
                "n_heads": 8, "positional": "rope", "qkv_bias": False, "out_bias": False},
         task={**_ICL_TASK, "context_len": 2, "n_labels": 5, "burstiness": 1, "p_bursty": 1.0,
-              "class_split": [50, 1473, 100], "exemplar_split": [1, 4, 0], "icl_dynamics_mode": True,
+              "class_split": [50, 1473, 100], "exemplar_split": [1, 4, 0], "sequence_format": "icl_dynamics",
               "label_pairs": [[0, 4], [1, 2], [0, 1], [2, 4], [0, 2], [1, 3], [0, 3], [1, 4]],
               "val_label_pairs": [[2, 3], [3, 4]],
               "data": {**_ICL_DATA, "n_classes": 1623, "n_exemplars": 5, "dim": 512, "noise": 0.1}},

@@ -151,8 +151,9 @@ def _icl_dynamics(run: ProbeRun) -> Probe:
     if stored is not None:  # an imported run's own exemplar vectors: no data file needed
         return stored
     task = _run_task(run, "icl_dynamics")
-    if not getattr(task.cfg, "icl_dynamics_mode", False):
-        raise ValueError("probe 'icl_dynamics' needs an icl-dynamics style task (task.icl_dynamics_mode=true)")
+    if "icl_dynamics" not in type(task).offered_probes(task.cfg):
+        raise ValueError("probe 'icl_dynamics' needs a run whose task samples the icl-dynamics sequence format "
+                         "(task.sequence_format=\"icl_dynamics\")")
     arrays = icl_dynamics_probe_for(task.cfg, np.asarray(task.data))
     return from_classifier_arrays(name="icl_dynamics", metadata={"kind": "icl_dynamics"}, **arrays)
 

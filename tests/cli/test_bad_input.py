@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from tests._marks import slow_except
 
-import store
 import scalars
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ import pytest
 import store
 import scalars
 from trainer.config import resolve_config
-from trainer.train import train
 
 from tests._archive_files import checkpoint_chunk, flip_byte
 from tests.conftest import TINY_OVERRIDES

@@ -456,7 +456,6 @@ def test_store_sources_name_no_command_line():
     """No string in store/ names a `scalars` command or a flag: the CLI's words live in cli/_remedies.py."""
     import ast
     import re
-    from pathlib import Path
 
     bad = []
     for path in sorted((ROOT / "store").rglob("*.py")):

@@ -7,7 +7,7 @@ import pytest
 
 import store
 from trainer.config import resolve_config
-from trainer.schedules import AdaptiveSaver, ScheduleSpec
+from trainer.schedules import ScheduleSpec
 from trainer.train import train
 
 ADAPTIVE = "adaptive:min_gap=10,max_gap=400,threshold=0.02"

@@ -9,6 +9,9 @@ from ._icl_data import load_exemplars as load_exemplars
 from ._icl_data import load_h5_dataset as load_h5_dataset
 from ._icl_data import synthetic_clusters as synthetic_clusters
 from ._icl_eval import make_eval_sets as make_eval_sets
+from ._icl_formats import SEQUENCE_FORMATS as SEQUENCE_FORMATS
+from ._icl_formats import SequenceFormat as SequenceFormat
+from ._icl_formats import register_sequence_format as register_sequence_format
 from ._icl_labels import ICL_DYNAMICS_TRAIN_PAIRS as ICL_DYNAMICS_TRAIN_PAIRS
 from ._icl_labels import ICL_DYNAMICS_VAL_PAIRS as ICL_DYNAMICS_VAL_PAIRS
 from ._icl_labels import class_label_map as class_label_map

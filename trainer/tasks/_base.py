@@ -10,7 +10,7 @@ branches on the kind. The built-in tasks register themselves in the modules besi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..model import ModelConfig
@@ -31,12 +31,20 @@ class Task:
     kind: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     eval_sets_are_probes: ClassVar[bool] = False  # its evaluation sets can be asked for as probes, by name
+    # config keys of earlier versions -> a function of the old value giving the keys it became, so that
+    # the stored config of an earlier run still reads
+    renamed_keys: ClassVar[Mapping[str, Callable[[Any], dict]]] = {}
 
     @classmethod
     def probe_defaults(cls, cfg: Any) -> dict[str, str]:
         """The probes this task's runs read for the probe roles (`default`, `default_train`,
         `default_pair`) where they differ from the model head's defaults."""
         return {}
+
+    @classmethod
+    def offered_probes(cls, cfg: Any) -> tuple[str, ...]:
+        """Names of registered probes that only runs of this task (with this config) can build."""
+        return ()
 
     @classmethod
     def build(cls, cfg: Any, model: dict, *, load_data: bool) -> "Task":
@@ -85,6 +93,9 @@ def task_config(config: Mapping[str, Any]) -> tuple[type[Task], Any]:
     if kind not in TASKS:
         raise ValueError(f"unknown task.kind {kind!r}; choose one of {', '.join(TASKS)}")
     task_cls = TASKS[kind]
+    for old, translate in task_cls.renamed_keys.items():
+        if old in section:
+            section = {**translate(section.pop(old)), **section}
     try:
         return task_cls, task_cls.config_class(**section)
     except TypeError as exc:

@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._icl_data import ICLDataConfig
+from ._icl_formats import get_sequence_format
 from ._icl_labels import ICL_DYNAMICS_TRAIN_PAIRS, ICL_DYNAMICS_VAL_PAIRS
 from ._icl_sampler import SeqSpec, min_pool_size, sample_spec
 
@@ -36,12 +37,13 @@ class ICLTaskConfig:
     id mod n_labels); with `fewshot_relabel`, composed with a random permutation of the
     `n_labels` labels drawn per sequence, so a class's label is consistent within a sequence
     and uniform across sequences. `noise_scale` adds N(0, noise_scale^2) to every exemplar
-    vector at sampling time. `icl_dynamics_mode` is the icl-dynamics training sampler
+    vector at sampling time. `sequence_format` names the layout of training sequences
+    (`SEQUENCE_FORMATS`): `"bursty"` as above, `"icl_dynamics"` the icl-dynamics training sampler
     (fixtures README section 7): every sequence holds the query class Q and a distractor D
     `burstiness` times each (context_len must be 2 * burstiness), a pair drawn uniformly from
     `label_pairs` in random order gives a to Q's items and b to D's; `p_bursty`,
-    `bursty_distractor` and `fewshot_relabel` are not used then. `val_label_pairs` feed the
-    `fsl_val_rl` eval. `data` says where the exemplar array comes from (`load_exemplars`).
+    `bursty_distractor` and `fewshot_relabel` are not used then. `val_label_pairs` feed that
+    format's `fsl_val_rl` eval. `data` says where the exemplar array comes from (`load_exemplars`).
     """
 
     context_len: int = 8
@@ -55,7 +57,7 @@ class ICLTaskConfig:
     exemplar_split: tuple[int, int, int] | None = None
     noise_scale: float = 0.0
     fewshot_relabel: bool = False
-    icl_dynamics_mode: bool = False
+    sequence_format: str = "bursty"
     label_pairs: tuple[tuple[int, int], ...] = ()
     val_label_pairs: tuple[tuple[int, int], ...] = ()
     data: ICLDataConfig = ICLDataConfig()
@@ -83,7 +85,8 @@ class ICLTaskConfig:
             raise ValueError(f"n_labels must be at least 2, got {self.n_labels}.")
         if not 0.0 <= self.p_bursty <= 1.0:
             raise ValueError(f"p_bursty must be a probability in [0, 1], got {self.p_bursty}.")
-        copies = self.burstiness * (2 if (self.bursty_distractor or self.icl_dynamics_mode) else 1)
+        fmt = get_sequence_format(self.sequence_format)
+        copies = fmt.context_slots(self)
         if self.burstiness < 1 or copies > self.context_len:
             raise ValueError(
                 f"burstiness {self.burstiness} needs {copies} context slots (query class"
@@ -106,14 +109,7 @@ class ICLTaskConfig:
                     raise ValueError(
                         f"{name} entry ({a}, {b}) must be two different labels in 0..{self.n_labels - 1}; fix the pair."
                     )
-        if self.icl_dynamics_mode:
-            if not self.label_pairs:
-                raise ValueError("icl_dynamics_mode needs label_pairs; pass e.g. ICL_DYNAMICS_TRAIN_PAIRS.")
-            if self.context_len != 2 * self.burstiness:
-                raise ValueError(
-                    f"icl_dynamics_mode needs context_len == 2 * burstiness (query and distractor "
-                    f"class only), got context_len={self.context_len}, burstiness={self.burstiness}."
-                )
+        fmt.check(self)
 
 
 def splits(cfg: ICLTaskConfig, data_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
@@ -146,12 +142,10 @@ def make_spec(cfg: ICLTaskConfig, data_shape: tuple[int, ...], **overrides) -> S
         context_len=cfg.context_len, n_labels=cfg.n_labels,
         class_lo=blocks["class_train"][0], class_n=blocks["class_train"][1],
         ex_lo=blocks["ex_train"][0], ex_n=blocks["ex_train"][1],
-        zipf_alpha=cfg.zipf_alpha, p_bursty=cfg.p_bursty, burstiness=cfg.burstiness,
-        distractor=cfg.bursty_distractor, relabel="perm" if cfg.fewshot_relabel else "none",
-        label_pairs=cfg.label_pairs, noise_scale=cfg.noise_scale, label_map_seed=cfg.label_map_seed,
+        zipf_alpha=cfg.zipf_alpha, burstiness=cfg.burstiness, label_pairs=cfg.label_pairs,
+        noise_scale=cfg.noise_scale, label_map_seed=cfg.label_map_seed,
+        **get_sequence_format(cfg.sequence_format).training(cfg),  # p_bursty, distractor, relabel
     )
-    if cfg.icl_dynamics_mode:
-        base.update(p_bursty=1.0, distractor=True, relabel="pairs")
     spec = SeqSpec(**{**base, **overrides})
     need = min_pool_size(spec)
     if spec.class_n < need or spec.ex_n < 1:
@@ -186,7 +180,7 @@ def icl_dynamics_config(**overrides) -> ICLTaskConfig:
     """
     kw = dict(
         context_len=2, n_labels=5, burstiness=1, p_bursty=1.0, class_split=(50, 1473, 100),
-        exemplar_split=(1, 4, 0), icl_dynamics_mode=True, label_pairs=ICL_DYNAMICS_TRAIN_PAIRS,
+        exemplar_split=(1, 4, 0), sequence_format="icl_dynamics", label_pairs=ICL_DYNAMICS_TRAIN_PAIRS,
         val_label_pairs=ICL_DYNAMICS_VAL_PAIRS,
         data=ICLDataConfig(source="synthetic", seed=0, n_classes=1623, n_exemplars=5, dim=512, noise=0.1),
     )

@@ -9,6 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._icl import ICLTaskConfig, make_spec, splits
+from ._icl_formats import get_sequence_format
 from ._icl_sampler import sample_spec
 
 
@@ -26,13 +27,13 @@ def make_eval_sets(
     which others exist. A mixture config uses its first component.
     - `icl`: classes from the test block (the train block if there is none), every sequence
       bursty (query class `burstiness` times in context, plus the distractor as in training),
-      labels relabeled per sequence (icl_dynamics_mode: a random training label pair; otherwise a
-      random permutation of the fixed map): only in-context learning can solve it.
+      labels relabeled per sequence as the sequence format says (icl_dynamics: a random training
+      label pair; bursty: a random permutation of the fixed map): only in-context learning can solve it.
     - `icl_train`: the same on the train classes (icl-dynamics `fsl_train`).
     - `iwl`: train classes; the query class never appears in the context (context classes
       i.i.d. uniform from the other train classes); every label, query included, is the fixed
       class->label map: only in-weights learning can solve it.
-    - icl_dynamics_mode adds the fixture evaluators: `fsl_train` (= `icl_train`),
+    - the icl_dynamics format adds the fixture evaluators: `fsl_train` (= `icl_train`),
       `fsl_test_class` (= `icl`), `fsl_val_rl` (train classes, `val_label_pairs`; if any) and
       `fsl_train_valex` (train classes, exemplars from the val block drawn per item; if any).
     """
@@ -44,22 +45,16 @@ def make_eval_sets(
         raise ValueError(f"n must be a positive number of sequences, got {n}.")
     shape = np.shape(data)
     blocks = splits(cfg, shape)
-    relabel = "pairs" if cfg.icl_dynamics_mode else "perm"
+    fmt = get_sequence_format(cfg.sequence_format)
     test_lo, test_n = blocks["class_test"] if blocks["class_test"][1] > 0 else blocks["class_train"]
-    bursty = dict(zipf_alpha=0.0, p_bursty=1.0, relabel=relabel)
+    bursty = dict(zipf_alpha=0.0, p_bursty=1.0, relabel=fmt.eval_relabel)
     specs = {
         "icl": make_spec(cfg, shape, class_lo=test_lo, class_n=test_n, **bursty),
         "icl_train": make_spec(cfg, shape, **bursty),
         "iwl": make_spec(cfg, shape, zipf_alpha=0.0, p_bursty=0.0, exclude_query=True, relabel="none"),
     }
-    if cfg.icl_dynamics_mode:
-        if cfg.val_label_pairs:
-            specs["fsl_val_rl"] = make_spec(cfg, shape, label_pairs=cfg.val_label_pairs, **bursty)
-        ex_lo, ex_n = blocks["ex_val"]
-        if ex_n > 0:
-            specs["fsl_train_valex"] = make_spec(cfg, shape, ex_lo=ex_lo, ex_n=ex_n, **bursty)
+    for name, fields in fmt.extra_evals(cfg, blocks).items():
+        specs[name] = make_spec(cfg, shape, **{**bursty, **fields})
     out = {name: sample_spec(spec, _eval_key(eval_seed, name), n, data) for name, spec in specs.items()}
-    if cfg.icl_dynamics_mode:
-        out["fsl_train"] = out["icl_train"]
-        out["fsl_test_class"] = out["icl"]
+    out.update({alias: out[name] for alias, name in fmt.eval_aliases.items()})
     return out

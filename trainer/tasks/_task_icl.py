@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import numpy as np
 from ..model import ModelConfig, query_correct, query_loss
 from ._base import Task, register_task
 from ._icl import ICLTaskConfig
+from ._icl_formats import get_sequence_format
 from ._icl_data import load_exemplars
 from ._icl_eval import make_eval_sets
 
@@ -23,11 +25,18 @@ class ICLTask(Task):
     kind: ClassVar[str] = "icl"
     config_class: ClassVar[type] = ICLTaskConfig
     eval_sets_are_probes: ClassVar[bool] = True
+    # earlier runs stored the icl-dynamics sequence format as a flag; their configs still read
+    renamed_keys: ClassVar[Mapping[str, Callable[[Any], dict]]] = {
+        "icl_dynamics_mode": lambda on: {"sequence_format": "icl_dynamics"} if on else {},
+    }
 
     @classmethod
     def probe_defaults(cls, cfg: ICLTaskConfig) -> dict[str, str]:
-        # the icl-dynamics sequence format is measured on that paper's own probe set
-        return {"default": "icl_dynamics", "default_train": "icl_dynamics"} if cfg.icl_dynamics_mode else {}
+        return dict(get_sequence_format(cfg.sequence_format).probe_defaults)
+
+    @classmethod
+    def offered_probes(cls, cfg: ICLTaskConfig) -> tuple[str, ...]:
+        return get_sequence_format(cfg.sequence_format).probes
 
     @classmethod
     def build(cls, cfg: ICLTaskConfig, model: dict, *, load_data: bool) -> Task:

@@ -51,6 +51,10 @@ class MixtureTask(Task):
         return _component_task(cfg.components[0]).probe_defaults(cfg.components[0])
 
     @classmethod
+    def offered_probes(cls, cfg: MixtureTaskConfig) -> tuple[str, ...]:
+        return _component_task(cfg.components[0]).offered_probes(cfg.components[0])
+
+    @classmethod
     def build(cls, cfg: MixtureTaskConfig, model: dict, *, load_data: bool) -> Task:
         task_cls = _component_task(cfg.components[0])
         first = task_cls.build(cfg.components[0], dict(model), load_data=load_data)

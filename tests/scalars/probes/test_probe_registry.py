@@ -1,7 +1,6 @@
 """Probes as a registry: built-ins and a plugin's probe are built, checked and stored the same way."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -330,7 +330,6 @@ def test_pattern_means_over_the_78400_sequence_icl_dynamics_probe_agree_with_flo
     """The mean attention pattern (and the scores read from it) over the full icl-dynamics probe, at
     the trained fixture checkpoint, against float64 means of the same float32 patterns: <= 1e-6.
     One float32 dot over all 78,400 sequences is farther off (what the blocked mean replaced)."""
-    from pathlib import Path
 
     from trainer.interop.icl_dynamics import import_icl_dynamics
 

@@ -3,7 +3,6 @@ the public icl-dynamics code computes (its own forward and `opto` interventions)
 paper's full 78,400-sequence probe, saved by tests/fixtures/icl-dynamics/parity/make_reference.py."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,9 +1,7 @@
 """The model: equal to an independent GPT-2 forward, documented activation tree, cache semantics."""
 
-import dataclasses
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

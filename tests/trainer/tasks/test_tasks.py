@@ -2,7 +2,6 @@
 
 import dataclasses
 import hashlib
-from pathlib import Path
 
 import h5py
 import jax
@@ -272,14 +271,57 @@ def test_icl_config_from_json_values_is_hashable():
         (dict(burstiness=5), "burstiness 5 needs 10 context slots"),
         (dict(p_bursty=1.5), "p_bursty must be a probability"),
         (dict(label_pairs=((1, 1),)), "must be two different labels"),
-        (dict(icl_dynamics_mode=True), "icl_dynamics_mode needs label_pairs"),
-        (dict(icl_dynamics_mode=True, label_pairs=((0, 1),)), "context_len == 2 \\* burstiness"),
+        (dict(sequence_format="icl_dynamics"), "sequence_format 'icl_dynamics' needs label_pairs"),
+        (dict(sequence_format="icl_dynamics", label_pairs=((0, 1),)), "context_len == 2 \\* burstiness"),
+        (dict(sequence_format="paper"), "unknown sequence_format 'paper'; choose one of bursty, icl_dynamics"),
         (dict(class_split=(0, 1, 1)), "class_split must be three non-negative counts"),
     ],
 )
 def test_icl_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         _cfg(**kw)
+
+
+def test_the_flag_earlier_runs_stored_reads_as_the_icl_dynamics_sequence_format():
+    """Runs written before sequence formats stored `icl_dynamics_mode`; their config still reads, the same."""
+    from trainer.presets import PRESETS
+    from trainer.tasks import task_config, task_probe_defaults
+
+    section = {k: v for k, v in PRESETS["icl-dynamics"]["task"].items() if k != "sequence_format"}
+    now = task_config({"task": PRESETS["icl-dynamics"]["task"]})[1]
+    before = task_config({"task": {**section, "icl_dynamics_mode": True}})[1]
+    assert before == now and now.sequence_format == "icl_dynamics"
+    assert task_config({"task": {**section, "icl_dynamics_mode": False}})[1].sequence_format == "bursty"
+    assert task_probe_defaults({"task": {**section, "icl_dynamics_mode": True}})["default"] == "icl_dynamics"
+
+
+def test_a_registered_sequence_format_is_sampled_and_evaluated_as_it_says(data):
+    """A new format is one registration: here the query class alone is repeated (no distractor) and
+    labelled by a label pair, and its extra evaluation set is made from its own sampler fields."""
+    from trainer.tasks import SEQUENCE_FORMATS, SequenceFormat, make_eval_sets, register_sequence_format
+
+    register_sequence_format(SequenceFormat(
+        name="query_pairs", description="test format", context_slots=lambda cfg: cfg.burstiness,
+        training=lambda cfg: dict(p_bursty=1.0, distractor=False, relabel="pairs"), eval_relabel="pairs",
+        extra_evals=lambda cfg, blocks: {"pairs_only_first": dict(label_pairs=cfg.label_pairs[:1])},
+        eval_aliases={"also_icl": "icl"}))
+    try:
+        cfg = _cfg(sequence_format="query_pairs", label_pairs=((0, 1), (2, 3)), burstiness=5)  # 5 slots: fits 8
+        batch = sample_batch(cfg, jax.random.PRNGKey(0), 64, data, with_info=True)
+        classes, labels = np.asarray(batch["classes"]), np.asarray(batch["labels"])
+        query = classes[:, -1:]
+        assert ((classes[:, :-1] == query).sum(1) == 5).all()  # the query class `burstiness` times, always
+        q_label = np.take_along_axis(labels[:, :-1], np.argmax(classes[:, :-1] == query, 1)[:, None], 1)[:, 0]
+        other = labels[:, :-1][classes[:, :-1] != query].reshape(64, 3)
+        pairs = {tuple(sorted((int(a), int(b)))) for a, b in zip(q_label, other[:, 0])}
+        assert pairs <= {(0, 1), (2, 3)} and len(pairs) == 2  # labelled by a training pair
+        evals = make_eval_sets(cfg, data, eval_seed=0, n=8)
+        assert {"icl", "icl_train", "iwl", "pairs_only_first", "also_icl"} <= set(evals)
+        assert evals["also_icl"] is evals["icl"]
+        first = np.asarray(evals["pairs_only_first"]["labels"])
+        assert set(np.unique(first[:, :-1])) <= {0, 1}  # only the first pair's labels
+    finally:
+        SEQUENCE_FORMATS.pop("query_pairs")
 
 
 def test_icl_data_errors(data):

@@ -41,7 +41,7 @@ def _data_section(config_json: dict, data: Path | None, run_folder: Path | None)
 
 def icl_dynamics_task(config_json: dict, *, data: Path | None = None, run_folder: Path | None = None,
                       data_section: dict | None = None) -> dict:
-    """This project's `task` section (kind "icl", icl_dynamics_mode) for the run's training task.
+    """This project's `task` section (kind "icl", sequence_format "icl_dynamics") for the run's training task.
 
     Its `data` is `data_section` if given, else the HDF5 file `data` or the config's `data_file`."""
     mixing = list(config_json.get("mixing_coeffs") or [1.0])
@@ -59,7 +59,7 @@ def icl_dynamics_task(config_json: dict, *, data: Path | None = None, run_folder
         class_split=[int(v) for v in _cfg(config_json, "class_split")],
         exemplar_split=[int(v) for v in _cfg(config_json, "exemplar_split")],
         noise_scale=float(config_json.get("noise_scale_train") or 0.0),
-        icl_dynamics_mode=True,
+        sequence_format="icl_dynamics",
         label_pairs=[list(p) for p in pairs["train"]],
         val_label_pairs=[list(p) for p in pairs["val"]],
         data=data_section if data_section is not None else _data_section(config_json, data, run_folder),
