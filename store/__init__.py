@@ -18,6 +18,8 @@ from .checkpoints import read_verified_block as read_verified_block
 from .errors import StoreError as StoreError
 from .references import ReferencedArchive as ReferencedArchive
 from .references import register_decoder as register_decoder
+from ._runs import flatten as flatten
+from ._runs import register_coord_reader as register_coord_reader
 from .export import export_scalars as export_scalars
 from .metrics import MetricsWriter as MetricsWriter
 from .metrics import open_metrics as open_metrics
@@ -46,6 +48,7 @@ from .verify import verify_scalars as verify_scalars
 __all__ = [
     "dims", "StoreError", "file_mode", "SCHEMA_VERSION", "write_run_json", "read_run_json", "is_run_dir", "run_lock",
     "is_unstarted_run", "clear_unstarted_run",
+    "register_coord_reader", "flatten",
     "ArchiveWriter", "ArchiveReader", "ReferencedArchive", "register_decoder", "open_archive", "read_verified_block", "verify_archive",
     "write_resume_state", "read_resume_state", "resume_steps", "prune_resume_states",
     "MetricsWriter", "open_metrics",

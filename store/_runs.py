@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,16 +15,18 @@ from .dims import RUN
 from .errors import StoreError
 from .run import is_run_dir, read_run_json
 
-__all__ = ["resolve_runs", "run_labels", "config_coords", "concat_runs", "flatten"]
+__all__ = ["resolve_runs", "run_labels", "config_coords", "concat_runs", "flatten", "register_coord_reader"]
 
 _GLOB_CHARS = "*?["
-ALIASES: dict[str, tuple[str, ...]] = {
-    "seed": ("init_seed", "seed"),
-    "n_layers": ("n_layers",),
-    "n_heads": ("n_heads",),
-    "d_model": ("d_model",),
-    "preset": ("preset",),
-}
+CoordReader = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+_COORD_READERS: list[CoordReader] = []
+
+
+def register_coord_reader(read: CoordReader) -> None:
+    """Register ``read(run_json) -> {short name: value}``: run coords of run.json files that carry no
+    ``coords`` of their own (written before it existed), from the package that knows their config."""
+    if read not in _COORD_READERS:
+        _COORD_READERS.append(read)
 
 
 def resolve_runs(spec: Any, marker: str) -> tuple[list[str], bool]:
@@ -77,27 +79,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _lookup(flat: Mapping[str, Any], key: str) -> Any:
-    if key in flat:
-        return flat[key]
-    hits = [k for k in flat if k.endswith("." + key)]
-    return flat[min(hits, key=len)] if hits else None
-
-
 def _run_config(run_dir: str) -> dict[str, Any]:
     if not is_run_dir(run_dir):
         return {}
     info = read_run_json(run_dir)
     config = info.get("config", {})
     flat = flatten(config) if isinstance(config, Mapping) else {}
-    rest = flatten({k: v for k, v in info.items() if k != "config"})
-    for alias, keys in ALIASES.items():
-        for key in keys:
-            value = _lookup(flat, key)
-            value = _lookup(rest, key) if value is None else value
-            if value is not None:
-                flat.setdefault(alias, value)
-                break
+    coords = info.get("coords")  # the short names its writer gave the run (seed, n_layers, ...)
+    for named in [coords] if isinstance(coords, Mapping) else [read(info) for read in _COORD_READERS]:
+        for key, value in flatten(named).items():
+            flat.setdefault(key, value)
     sweep = info.get("sweep")  # a sweep's values under the names it was swept by (`scalars train --sweep`)
     if isinstance(sweep, Mapping):
         for key, value in flatten(sweep).items():

@@ -10,4 +10,12 @@ def _decode_hf(files, args):
     return decode_hf_files(files, args)
 
 
+def _coords(info):
+    """Run coords of run.json files written before they carried their own."""
+    from .run_info import run_coords
+
+    return run_coords(info)
+
+
 _store.register_decoder("hf", _decode_hf)
+_store.register_coord_reader(_coords)

@@ -32,7 +32,9 @@ def _make_runs(tmp_path) -> list[str]:
         run = str(tmp_path / f"run_{name}")
         write_run_json(run, {"config": {"preset": preset, "model": {"n_layers": layers, "n_heads": heads},
                                         "task": {"seq_len": seq_len}, "seeds": {"init_seed": seed}},
-                             "model": {"n_layers": layers, "n_heads": heads}})
+                             "model": {"n_layers": layers, "n_heads": heads},
+                             # the short names its writer labels the run with (the store knows no config keys)
+                             "coords": {"seed": seed, "n_layers": layers, "n_heads": heads, "preset": preset}})
         ensure_variables(run, [_spec("induction_score", layers, heads), _spec("loss", 0, 0, dims=())], steps)
         write_cells(run, "induction_score", written, rng.random((len(written), layers, heads)).astype(np.float32))
         write_cells(run, "loss", written[:2], rng.random(2).astype(np.float32))

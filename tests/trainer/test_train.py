@@ -71,6 +71,25 @@ def test_run_dir_layout_and_metrics(reference_run):
     assert store.verify_archive(reference_run) == []
 
 
+def test_a_run_carries_its_coords_and_runs_written_before_get_them_from_the_trainer(reference_run, tmp_path):
+    """run.json names the run's short coords itself (a store alone reads them); for a run.json written
+    before it did, the trainer's registered reader derives the same from the config."""
+    import shutil
+
+    info = store.read_run_json(reference_run)
+    assert info["coords"] == {"seed": 0, "n_layers": 2, "n_heads": 2, "d_model": 32, "preset": "induction-tiny"}
+    new, new2, old = tmp_path / "new", tmp_path / "new2", tmp_path / "old"
+    for d in (new, new2, old):
+        shutil.copytree(reference_run, d, ignore=shutil.ignore_patterns(".lock-*"))
+    (old / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "coords"}))
+    both = store.open_metrics([str(new), str(old)])
+    assert both.seed.values.tolist() == [0, 0] and both.d_model.values.tolist() == [32, 32]
+    alone = subprocess.run([sys.executable, "-c", "import sys, store; ds = store.open_metrics(sys.argv[1:]); "
+                            "assert 'trainer' not in sys.modules; print(ds.seed.values.tolist())", str(new), str(new2)],
+                           capture_output=True, text=True)
+    assert alone.returncode == 0 and alone.stdout.strip() == "[0, 0]", alone.stderr
+
+
 def test_same_config_twice_is_bit_identical(reference_run, tmp_path):
     again = tmp_path / "again"
     train(tiny_config(), again)

@@ -140,7 +140,7 @@ def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike
     import store
     from store.references import file_reference, write_manifest
 
-    from ...run_info import package_versions
+    from ...run_info import package_versions, run_coords
 
     names = [os.fspath(d) for d in dirs]
     out = Path(out_run_dir)
@@ -167,6 +167,7 @@ def import_hf(dirs: list[str | os.PathLike[str]], out_run_dir: str | os.PathLike
             else "referenced in place"}
     if source:
         info["hf_source"] = dict(source)
+    info["coords"] = run_coords(info)
     args = {"model_type": family.model_type, "model": config.to_dict()}
 
     def fill_copy(tmp: Path) -> None:

@@ -57,13 +57,13 @@ def _train_section(cj: dict) -> dict:
 
 
 def _run_info(plan: _Plan) -> dict:
-    from ...run_info import package_versions
+    from ...run_info import package_versions, run_coords
 
     cj = plan.config_json
     seeds = {"init_seed": int(cj.get("init_seed", 0)), "train_seed": int(cj.get("train_seed", 0)),
              "eval_seed": int(cj.get("eval_seed", 0))}
     steps = [s for s, _ in plan.checkpoints]
-    return {
+    info = {
         "source": "icl-dynamics",
         "config": {
             "model": plan.model_config.to_dict(),
@@ -87,6 +87,7 @@ def _run_info(plan: _Plan) -> dict:
         "imported_from": str(plan.folder.resolve()),
         "versions": package_versions(),
     }
+    return {**info, "coords": run_coords(info)}
 
 
 def _write(plan: _Plan, out_dir: Path) -> None:
