@@ -94,3 +94,23 @@ def test_scalars_probes_lists_builtin_and_plugin_probes(plugin):
     assert "repeated_tokens needs: lm options: batch=16, T=auto, seed=0" in text
     assert "constant_tokens needs: lm options: batch=4, token=3 every position the same token" in text
     assert "regression_pool needs: regression" in text and "icl_dynamics needs: classifier" in text
+
+
+def test_the_icl_dynamics_probe_is_built_only_for_runs_of_that_sequence_format(tmp_path):
+    """The probe set of the icl-dynamics paper exists for runs whose task samples its sequence
+    format (their task offers it); for a bursty ICL run it is one sentence naming the format."""
+    from scalars.engine import build_run_probe
+    from trainer.config import resolve_config
+    from trainer.tasks import build_task
+
+    for preset, extra in (("icl-bursty", ["task.data.n_classes=64", "task.class_split=[48,0,16]"]),
+                          ("icl-dynamics", ["task.data.n_classes=64", "task.class_split=[6,40,18]"])):
+        config = resolve_config(preset, None, extra)
+        model = build_task(config, load_data=False).model_config
+        if preset == "icl-bursty":
+            with pytest.raises(ValueError, match=r"probe 'icl_dynamics' needs a run whose task samples the "
+                                                 r"icl-dynamics sequence format \(task.sequence_format=\"icl_dynamics\"\)"):
+                build_run_probe("icl_dynamics", tmp_path, {"config": config}, model)
+        else:  # every ordered pair of the 6 training classes x 8 label pairs x 2 orders x 2 query items
+            probe = build_run_probe("icl_dynamics", tmp_path, {"config": config}, model)
+            assert probe.arrays["examples"].shape[0] == 6 * 5 * 8 * 2 * 2
