@@ -230,7 +230,7 @@ class ClassifierInputs(_PairSequences):
 
     def logit_direction(self, W_U, arrays):
         correct = arrays["labels"][:, -1:]
-        return W_U.T[correct] - W_U.mean(1), slice(-1, None)
+        return W_U.T[correct] - to_rank(W_U.mean(1), correct.ndim + 1), slice(-1, None)
 
 
 class RegressionInputs(_PairSequences):

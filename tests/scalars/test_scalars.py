@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import scalars
+import scalars.reference
 from scalars import dims
 from trainer.model import ModelConfig, build_model
 
