@@ -83,88 +83,81 @@ def is_terminal() -> bool:
     return Console().is_terminal
 
 
-class CountProgress:
+class _Bar:
+    """A bar made when its total is known: rich on a terminal, plain lines otherwise, nothing when
+    disabled; a context manager that closes it (the plain lines end with a final line)."""
+
+    def __init__(self, label: str, *, enabled: bool, info: bool = False, rate_unit: str | None = None):
+        self.label, self.enabled, self.info, self.rate_unit = label, enabled, info, rate_unit
+        self.started = False
+        self.progress: Progress | None = None
+        self.lines: LineProgress | None = None
+
+    def _open(self, total: int, start: int = 0) -> None:
+        self.started = True
+        if not self.enabled or total <= 0:
+            return
+        if is_terminal():
+            self.progress = live_bar(self.label, info=self.info, rate_unit=self.rate_unit)
+            self.progress.__enter__()
+            self.task = self.progress.add_task(self.label, total=total, completed=start, info="")
+        else:
+            self.lines = LineProgress(self.label, total, start, unit=self.rate_unit or "steps")
+
+    def _show(self, done: int, info: str | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, **({} if info is None else {"info": info}))
+        elif self.lines is not None:
+            self.lines.update(done, info)
+
+    def _final_info(self) -> str | None:
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        elif self.lines is not None and exc[0] is None:
+            self.lines.update(self.lines.done, self._final_info(), final=True)
+
+
+class CountProgress(_Bar):
     """Context manager; `update(done, total)` sets how many of `total` units (cells, runs) are done so far.
     With `total=None` the bar is made at the first update that names a total (none for a total of 0)."""
 
     def __init__(self, total: int | None = None, *, enabled: bool = True, label: str = "cells", unit: str = "cells"):
-        self.enabled, self.label, self.unit = enabled, label, unit
-        self.progress: Progress | None = None
-        self.lines: LineProgress | None = None
+        super().__init__(label, enabled=enabled, rate_unit=unit)
         if total is not None:
-            self._start(total)
-
-    def _start(self, total: int) -> None:
-        self.total = total
-        if not self.enabled or total <= 0:
-            return
-        if is_terminal():
-            self.progress = live_bar(self.label, rate_unit=self.unit)
-            self.progress.__enter__()
-            self.task = self.progress.add_task("count", total=total)
-        else:
-            self.lines = LineProgress(self.label, total, unit=self.unit)
-
-    def __enter__(self) -> "CountProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-        elif self.lines is not None and exc[0] is None:
-            self.lines.update(self.lines.done, final=True)
+            self._open(total)
 
     def update(self, done: int, total: int | None = None) -> None:
-        if total is not None and not hasattr(self, "total"):
-            self._start(total)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done)
-        elif self.lines is not None:
-            self.lines.update(done)
+        if total is not None and not self.started:
+            self._open(total)
+        self._show(done)
 
 
-class TrainingProgress:
+class TrainingProgress(_Bar):
     """Context manager and `train(on_progress=...)` callback: the training bar (or plain lines off a
     terminal), made at the first step it hears of (so a resumed run's bar starts where it resumed)."""
 
     def __init__(self, *, enabled: bool = True):
-        self.enabled = enabled
+        super().__init__("train", enabled=enabled, info=True)
         self._loss, self._evals = float("nan"), ""
-        self.live = enabled and is_terminal()
-        self.lines: LineProgress | None = None
-        self.progress: Progress | None = None
-
-    def __enter__(self) -> "TrainingProgress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-        elif self.lines is not None and exc[0] is None:
-            self.lines.update(self.lines.done, self._info(), final=True)
 
     def __call__(self, step: int, total: int, values: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.progress is None and self.lines is None:
-            self._start(step, total)
+        if not self.started:
+            self._open(total, step)
         if "train_loss" in values:
             self._loss = values["train_loss"]
         evals = [(k, v) for k, v in values.items() if k.endswith("accuracy") or k.endswith("repeat_loss")][:3]
         if evals:
             self._evals = " ".join(f"{k.removeprefix('eval_')} {v:.3f}" for k, v in evals)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, info=self._info())
-        else:
-            self.lines.update(step, self._info())
+        self._show(step, self._info())
 
-    def _start(self, step: int, total: int) -> None:
-        if self.live:
-            self.progress = live_bar("train", info=True)
-            self.progress.__enter__()
-            self.task = self.progress.add_task("train", total=total, completed=step, info="")
-        else:
-            self.lines = LineProgress("train", total, step)
+    def _final_info(self) -> str:
+        return self._info()
 
     def _info(self) -> str:
         loss = f"loss {self._loss:.4f}" if math.isfinite(self._loss) else ""  # none yet at the first step
