@@ -12,10 +12,27 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 # that the long temporary paths of parallel test workers never wrap a table cell or a message
 os.environ.setdefault("COLUMNS", "200")
 
+import fcntl
+import tempfile
+from pathlib import Path
+
 import jax
 import pytest
 
 assert jax.config.jax_numpy_rank_promotion == "raise" and jax.config.jax_numpy_dtype_promotion == "standard"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Tests marked big_memory (several GiB each: the full 78,400-sequence probe) run one at a time
+    across the xdist workers, under a file lock that the workers of one run share: two at once can
+    exhaust a 24 GiB machine, and the engine's memory check then refuses the second one's compute."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if item.get_closest_marker("big_memory") is None or run_id is None:
+        return (yield)
+    with open(Path(tempfile.gettempdir()) / f"derived-scalars-big-memory-{run_id}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the test fails
+        return (yield)
 
 
 @pytest.fixture

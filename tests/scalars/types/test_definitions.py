@@ -326,6 +326,7 @@ def test_ablation_option_is_checked_when_planned():
 
 # -- exact averages over a large probe -------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.big_memory
 def test_pattern_means_over_the_78400_sequence_icl_dynamics_probe_agree_with_float64(tmp_path):
     """The mean attention pattern (and the scores read from it) over the full icl-dynamics probe, at
     the trained fixture checkpoint, against float64 means of the same float32 patterns: <= 1e-6.

@@ -248,6 +248,7 @@ def test_cli_mismatched_checkpoint_shapes_refused(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.big_memory
 def test_full_paper_probe_over_every_checkpoint(imported, tmp_path):
     """The whole 78,400-sequence probe (one batch, about 2.5 GB peak on CPU) agrees with the strided one."""
     full = tmp_path / "full"

@@ -64,6 +64,7 @@ def test_the_reference_was_made_by_the_icl_dynamics_code_on_the_full_probe():
 
 
 @pytest.mark.slow
+@pytest.mark.big_memory
 def test_every_paper_analysis_equals_the_icl_dynamics_code_at_the_trained_mlp_checkpoint(tmp_path):
     """The last checkpoint of the run with MLP blocks, full probe (78,400 sequences)."""
     worst = worst_differences(tmp_path, "omniglot50_rl5_synthetic_mlp", steps=[60000])
@@ -72,6 +73,7 @@ def test_every_paper_analysis_equals_the_icl_dynamics_code_at_the_trained_mlp_ch
 
 
 @pytest.mark.slow
+@pytest.mark.big_memory
 @pytest.mark.parametrize("run", ["omniglot50_rl5_synthetic", "omniglot50_rl5_synthetic_mlp"])
 def test_every_paper_analysis_equals_the_icl_dynamics_code_at_every_checkpoint(tmp_path, run):
     """Every checkpoint of both fixture runs, full probe: the figure docs/icl-dynamics.md records."""
