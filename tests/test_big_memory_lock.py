@@ -1,10 +1,13 @@
 """Tests marked big_memory run one at a time across xdist workers (the lock in tests/conftest.py);
-unmarked tests still run side by side. Checked on a two-worker run of four sleeping tests."""
+unmarked tests still run side by side. Checked on two-worker runs of sleeping tests; slow, as the
+big_memory tests it serves are."""
 
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from tests._paths import ROOT
 
@@ -36,6 +39,7 @@ def _intervals(tmp_path, marked: bool) -> dict[str, tuple[str, float, float]]:
     return {name: (worker, float(start), float(end)) for name, worker, start, end in rows}
 
 
+@pytest.mark.slow
 def test_big_memory_tests_never_overlap_and_other_tests_do(tmp_path):
     marked = _intervals(tmp_path / "marked", marked=True)
     (wa, sa, ea), (wb, sb, eb) = marked["a"], marked["b"]
