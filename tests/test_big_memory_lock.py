@@ -5,7 +5,6 @@ big_memory tests it serves are."""
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -29,7 +28,7 @@ def _intervals(tmp_path, marked: bool) -> dict[str, tuple[str, float, float]]:
     mark = "@pytest.mark.big_memory\n" if marked else ""
     for name in ("a", "b"):
         body = SLEEPER + f"\n{mark}def test_{name}():\n    _record({name!r})\n"
-        (tmp_path / f"test_{name}.py").write_text(textwrap.dedent(body))
+        (tmp_path / f"test_{name}.py").write_text(body)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadfile", "-p", "tests.conftest",
                           "-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning",
                           "--basetemp", str(tmp_path / "base"), "--rootdir", str(tmp_path), str(tmp_path)],
